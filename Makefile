@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create and reuse .venv in the repo root.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e ".[torch,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check nucseg tests benchmarks
+	$(BIN)/lint-imports
+
+test: install lint
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/nucseg segment demo/images --out demo-output
+	@echo "Outputs in demo-output/: labels/ (16-bit instance maps), overlays/, geojson/ (QuPath), csv/ (one row per nucleus)"
+
+bench: install
+	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/segment.py
+
+clean:
+	rm -rf demo-output .pytest_cache

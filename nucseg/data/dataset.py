@@ -1,0 +1,161 @@
+"""Training data: canonical sets held in memory, split by image, sampled as random patches with joint augmentation.
+
+Crop borders: targets are computed on the crop plus a margin (`target_margin` px) and then cut to the patch, so a
+nucleus cut by the patch border gets the same distance/boundary targets as in the whole image (up to the margin).
+Sampling is a pure function of (seed, index): a resumed run sees exactly the data stream it would have seen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.data.augment import AugmentConfig, Augmenter
+from nucseg.data.readers.canonical import dataset_info, list_ids, read_canonical_one
+from nucseg.structures import Sample
+
+
+@dataclass
+class SetConfig:
+    path: str  # a canonical set, absolute or relative to DataConfig.root
+    weight: float = 1.0  # share of patches drawn from this set
+    exclude: list[str] = field(default_factory=list)  # ids to leave out (e.g. broken labels)
+    group_pattern: str | None = None  # regex; ids with the same first match share a split (patches of one tile)
+    max_images: int | None = None
+
+
+@dataclass
+class DataConfig:
+    sets: list[SetConfig] = field(default_factory=list)
+    root: str = "../shared/data"
+    patch_size: int = 256
+    target_margin: int = 24
+    val_fraction: float = 0.15
+    val_max_images: int = 6  # per set, to keep validation quick
+    split_seed: int = 0
+    channels: int = 3  # 3: RGB (greyscale repeated); 1: greyscale/luminance (fluorescence and IHC mode)
+    stain_norm: str | None = None  # None | macenko | reinhard | vahadane (needs a reference image)
+    stain_reference: str | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """16-bit images are scaled by their 0.1/99.9 percentiles to uint8 (fluorescence often uses a fraction of the range)."""
+    if image.dtype == np.uint8:
+        return image
+    lo, hi = np.percentile(image, (0.1, 99.9))
+    scaled = (image.astype(np.float32) - lo) / max(hi - lo, 1.0)
+    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Convert an H×W×C image to the model's channel count (greyscale repeated to RGB, RGB to luminance)."""
+    c = image.shape[-1]
+    if c == channels:
+        return image
+    if channels == 3 and c == 1:
+        return np.repeat(image, 3, axis=-1)
+    if channels == 1 and c >= 3:
+        lum = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return lum.round().astype(image.dtype)[..., None]
+    raise ValueError(f"cannot convert a {c}-channel image to {channels} channels")
+
+
+def split_ids(ids: list[str], val_fraction: float, seed: int, group_pattern: str | None = None) -> tuple[list, list]:
+    """Deterministic train/validation split by image (or by group of images)."""
+    def group(i: str) -> str:
+        if group_pattern:
+            m = re.search(group_pattern, i)
+            if m:
+                return m.group(0)
+        return i
+
+    groups = sorted({group(i) for i in ids})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(groups)
+    n_val = int(round(len(groups) * val_fraction))
+    if val_fraction > 0 and len(groups) > 1:
+        n_val = max(1, n_val)
+    val_groups = set(groups[:n_val])
+    train = [i for i in ids if group(i) not in val_groups]
+    val = [i for i in ids if group(i) in val_groups]
+    return train, val
+
+
+class LoadedSet:
+    """One canonical set's split, with its images and label maps in memory."""
+
+    def __init__(self, cfg: SetConfig, root: str, data_cfg: DataConfig, split: str):
+        path = Path(cfg.path)
+        self.path = path if path.is_absolute() else Path(root) / path
+        self.name = self.path.name
+        info = dataset_info(self.path)
+        ids = [i for i in list_ids(self.path) if i not in set(cfg.exclude)]
+        train, val = split_ids(ids, data_cfg.val_fraction, data_cfg.split_seed, cfg.group_pattern)
+        chosen = train if split == "train" else val[: data_cfg.val_max_images]
+        if cfg.max_images:
+            chosen = chosen[: cfg.max_images]
+        self.ids = chosen
+        self.samples: list[Sample] = []
+        for i in chosen:
+            s = read_canonical_one(self.path, i, info)
+            s.image = to_channels(to_uint8(s.image), data_cfg.channels)
+            self.samples.append(s)
+        areas = np.array([s.instances.size for s in self.samples], dtype=np.float64)
+        self.image_weights = areas / areas.sum() if areas.size else areas
+
+
+class PatchDataset:
+    """Map-style dataset of `length` random patches; item i is a pure function of (seed, i)."""
+
+    def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train"):
+        self.cfg = data_cfg
+        self.sets = [LoadedSet(s, data_cfg.root, data_cfg, split) for s in data_cfg.sets]
+        self.sets = [s for s in self.sets if s.samples]
+        if not self.sets:
+            raise ValueError("no training images: check data.sets and data.root")
+        weights = np.array([c.weight for c, s in zip(data_cfg.sets, self.sets)], dtype=np.float64)
+        self.set_weights = weights / weights.sum()
+        self.targets_fn = targets_fn
+        self.length = length
+        self.seed = seed
+        self.augment = Augmenter(data_cfg.augment)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def crop(self, sample: Sample, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = sample.instances.shape
+        ph, pw = max(size - h, 0), max(size - w, 0)
+        image, labels = sample.image, sample.instances
+        if ph or pw:
+            image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+            labels = np.pad(labels, ((0, ph), (0, pw)))  # reflected nuclei would be unlabelled: leave them out
+        r = int(rng.integers(0, image.shape[0] - size + 1))
+        c = int(rng.integers(0, image.shape[1] - size + 1))
+        return image[r : r + size, c : c + size], labels[r : r + size, c : c + size]
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        ds = self.sets[rng.choice(len(self.sets), p=self.set_weights)]
+        sample = ds.samples[rng.choice(len(ds.samples), p=ds.image_weights)]
+        m, p = self.cfg.target_margin, self.cfg.patch_size
+        image, labels = self.crop(sample, rng, p + 2 * m)
+        image, labels = self.augment(image, labels, rng)
+        targets = self.targets_fn(labels)
+        out = {k: v[..., m : m + p, m : m + p] for k, v in targets.items()}
+        out["image"] = np.ascontiguousarray(image[m : m + p, m : m + p].transpose(2, 0, 1))
+        return out
+
+
+def validation_samples(data_cfg: DataConfig) -> dict[str, list[Sample]]:
+    """{set name: whole validation images} for model selection."""
+    out = {}
+    for s in data_cfg.sets:
+        loaded = LoadedSet(s, data_cfg.root, data_cfg, "val")
+        if loaded.samples:
+            out[loaded.name] = loaded.samples
+    return out

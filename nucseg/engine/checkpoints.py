@@ -1,0 +1,65 @@
+"""Checkpoints: plain dicts of tensors and primitives, written atomically, loaded with weights_only=True.
+
+A checkpoint carries the resolved config (YAML text), so a model is rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import nucseg
+from nucseg.engine.config import RunConfig, config_from_yaml, config_to_yaml
+from nucseg.io.images import atomic_path
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, **state) -> Path:
+    payload = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config_to_yaml(cfg),
+        "method": cfg.method,
+        "nucseg_version": nucseg.__version__,
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt", "model.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no best.ckpt, last.ckpt or model.pt in this run directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable nucseg checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a nucseg checkpoint (needs 'model' and 'config')")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def build_from_checkpoint(path: str | Path):
+    """(method, model in eval mode, run config) from a checkpoint file or run directory."""
+    from nucseg.methods import get_method
+
+    ckpt = load_checkpoint(path)
+    cfg = config_from_yaml(ckpt["config"])
+    model_cfg = dict(cfg.model) if isinstance(cfg.model, dict) else cfg.model
+    if isinstance(model_cfg, dict):
+        model_cfg.pop("encoder_weights", None)  # the checkpoint holds the trained weights
+    method = get_method(cfg.method)(model_cfg)
+    model = method.build_model()
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    model.load_state_dict(state)
+    model.eval()
+    return method, model, cfg

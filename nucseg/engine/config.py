@@ -1,0 +1,87 @@
+"""Run configuration: YAML mapped onto typed dataclasses (OmegaConf), overridable with `--set a.b=c`.
+
+The method's own options live under `model:` and are validated against the method's config dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from nucseg.data.dataset import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adam | adamw
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step (×gamma every step_size) | multistep (×gamma at milestones) | constant
+    warmup_steps: int = 100
+    step_size: int = 1000
+    gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)
+    min_lr_ratio: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 8
+    val_every: int = 500
+    log_every: int = 20
+    select_metric: str = "aji"  # validation metric for best.ckpt: aji | pq | dice
+    precision: str = "auto"  # auto (bf16 where the CPU has AMX, or on CUDA) | bf16 | fp32
+    threads: int = 0  # torch threads on CPU (0 = all cores)
+    workers: int = 0  # data-loader processes
+    seed: int = 0
+    grad_clip: float = 5.0
+
+
+@dataclass
+class InferConfig:
+    window: int = 1024  # fully convolutional: big windows waste nothing; a 1000² tile runs in one pass
+    overlap: int = 64
+    batch_size: int = 4
+    tta: bool = False  # average over flips
+    block_size: int = 2048  # images larger than this are segmented in blocks and stitched
+    block_margin: int = 64
+
+
+@dataclass
+class RunConfig:
+    method: str = "unet"
+    model: Any = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- `a.b=c` overrides; unknown keys are errors naming the key."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    run: RunConfig = OmegaConf.to_object(cfg)
+    # validate the method's options now, so a typo fails before training starts
+    from nucseg.methods import get_method
+
+    get_method(run.method)(run.model)
+    return run
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_yaml(text: str) -> RunConfig:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text)))

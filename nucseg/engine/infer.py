@@ -1,0 +1,146 @@
+"""Inference for every method: sliding windows with Gaussian blending for dense outputs, flip TTA, and block tiling
+with margins for large images (an instance is kept by the block whose core holds its centroid)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from nucseg.data.dataset import to_channels, to_uint8
+from nucseg.engine.config import InferConfig
+from nucseg.engine.device import autocast
+from nucseg.labels import centroids, relabel_sequential
+from nucseg.methods.base import Method
+from nucseg.structures import Instances
+
+_MEAN = {3: (0.485, 0.456, 0.406), 1: (0.5,)}
+_STD = {3: (0.229, 0.224, 0.225), 1: (0.25,)}
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N×C×H×W -> float, ImageNet statistics for RGB (the encoders' pretraining), fixed ones for greyscale."""
+    c = images.shape[1]
+    mean = torch.tensor(_MEAN[c], device=images.device).view(1, c, 1, 1)
+    std = torch.tensor(_STD[c], device=images.device).view(1, c, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def gaussian_window(size: int, sigma_scale: float = 0.125) -> np.ndarray:
+    g = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2) / (size * sigma_scale)) ** 2)
+    w = np.outer(g, g)
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+@dataclass
+class Predictor:
+    method: Method
+    model: nn.Module
+    cfg: InferConfig
+    channels: int = 3
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.weight = gaussian_window(self.cfg.window)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return to_channels(to_uint8(image if image.ndim == 3 else image[..., None]), self.channels)
+
+    @torch.no_grad()
+    def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        x = normalize(torch.from_numpy(batch).to(self.device)).contiguous(memory_format=torch.channels_last)
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta else [()]
+        acc: dict[str, torch.Tensor] = {}
+        with autocast(self.device, self.precision):
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                out = self.method.predict_dense(self.model, xi)
+                for k, v in out.items():
+                    v = torch.flip(v.float(), dims) if dims else v.float()
+                    acc[k] = acc[k] + v if k in acc else v
+        return {k: (v / len(flips)).cpu().numpy() for k, v in acc.items()}
+
+    def dense(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Blended dense maps {name: C×H×W float32} of a whole H×W×C image."""
+        image = self.prepare(image)
+        h, w = image.shape[:2]
+        win, stride = self.cfg.window, max(self.cfg.window - self.cfg.overlap, 1)
+        if h <= win and w <= win:
+            # one pass over the image padded to a multiple of 32 (the encoder's stride): no seams to blend
+            ph, pw = -h % 32, -w % 32
+            padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else image
+            out = self._forward(np.ascontiguousarray(padded.transpose(2, 0, 1))[None])
+            return {k: v[0, :, :h, :w] for k, v in out.items()}
+        ph, pw = max(win - h, 0), max(win - w, 0)
+        if ph or pw:
+            image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        hh, ww = image.shape[:2]
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+        coords = [(r, c) for r in window_starts(hh, win, stride) for c in window_starts(ww, win, stride)]
+        acc: dict[str, np.ndarray] = {}
+        norm = np.zeros((hh, ww), np.float32)
+        for i in range(0, len(coords), self.cfg.batch_size):
+            chunk = coords[i : i + self.cfg.batch_size]
+            batch = np.stack([chw[:, r : r + win, c : c + win] for r, c in chunk])
+            out = self._forward(batch)
+            for k, v in out.items():
+                if k not in acc:
+                    acc[k] = np.zeros((v.shape[1], hh, ww), np.float32)
+                for j, (r, c) in enumerate(chunk):
+                    acc[k][:, r : r + win, c : c + win] += v[j] * self.weight
+            for r, c in chunk:
+                norm[r : r + win, c : c + win] += self.weight
+        return {k: (v / norm)[:, :h, :w] for k, v in acc.items()}
+
+    def segment(self, image: np.ndarray) -> Instances:
+        """Instances of a whole image; images larger than `block_size` go block by block (see `segment_blocks`)."""
+        h, w = image.shape[:2]
+        if max(h, w) <= self.cfg.block_size:
+            return self.method.postprocess(self.dense(image))
+        return self.segment_blocks(image, self.cfg.block_size, self.cfg.block_margin)
+
+    def segment_blocks(self, image: np.ndarray, block: int, margin: int) -> Instances:
+        """Segment block by block with `margin` pixels of context on each side. Each block keeps the instances whose
+        centroid lies in its core; they are pasted onto pixels no earlier instance holds, so nothing is duplicated
+        and, with a margin wider than a nucleus, the result equals segmenting the whole image."""
+        h, w = image.shape[:2]
+        out = np.zeros((h, w), np.int32)
+        classes: dict[int, int] = {}
+        scores: dict[int, float] = {}
+        next_id = 1
+        for r0 in range(0, h, block):
+            for c0 in range(0, w, block):
+                r1, c1 = min(r0 + block, h), min(c0 + block, w)
+                R0, C0 = max(r0 - margin, 0), max(c0 - margin, 0)
+                R1, C1 = min(r1 + margin, h), min(c1 + margin, w)
+                inst = self.method.postprocess(self.dense(image[R0:R1, C0:C1]))
+                ids, cents = centroids(inst.labels)
+                if ids.size == 0:
+                    continue
+                cr, cc = cents[:, 0] + R0, cents[:, 1] + C0
+                keep = ids[(cr >= r0) & (cr < r1) & (cc >= c0) & (cc < c1)]
+                local = np.where(np.isin(inst.labels, keep), inst.labels, 0)
+                local, old = relabel_sequential(local)
+                region = out[R0:R1, C0:C1]
+                free = (local > 0) & (region == 0)
+                region[free] = local[free] + next_id - 1
+                for k, old_id in enumerate(old, start=next_id):
+                    if int(old_id) in inst.classes:
+                        classes[k] = inst.classes[int(old_id)]
+                    if int(old_id) in inst.scores:
+                        scores[k] = inst.scores[int(old_id)]
+                next_id += old.size
+        return Instances(out, classes, scores)

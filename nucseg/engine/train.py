@@ -1,0 +1,181 @@
+"""The training loop every method runs through (single process, or DDP under `torchrun`).
+
+Data sampling is a pure function of (seed, sample index), the learning rate a pure function of the step, so
+`--resume` continues exactly where a run stopped. Rank 0 validates (whole images, sliding-window inference, the
+method's post-processing, nucseg.metrics), logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+import nucseg
+from nucseg.data.dataset import PatchDataset, validation_samples
+from nucseg.engine.checkpoints import load_checkpoint, save_checkpoint
+from nucseg.engine.config import RunConfig, config_to_yaml
+from nucseg.engine.device import configure_malloc, default_device, resolve_precision, set_threads, autocast
+from nucseg.engine.infer import Predictor, normalize
+from nucseg.io.images import write_text
+from nucseg.methods import get_method
+from nucseg.metrics import aji, dice, pq
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate at `step` (0-based) for the schedules the papers use, with linear warm-up."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** (step // max(cfg.step_size, 1))
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(step >= m for m in cfg.milestones)
+    if cfg.schedule == "cosine":
+        total = max(getattr(cfg, "_total_steps", 1) - cfg.warmup_steps, 1)
+        t = min(max(step - cfg.warmup_steps, 0) / total, 1.0)
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    raise ValueError(f"unknown schedule '{cfg.schedule}'")
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """Indices for this rank from `start_step` on: step s, rank r takes [s·B·W + r·B, s·B·W + (r+1)·B)."""
+
+    def __init__(self, start_step: int, steps: int, batch: int, rank: int, world: int):
+        self.start, self.steps, self.batch, self.rank, self.world = start_step, steps, batch, rank, world
+
+    def __iter__(self):
+        for s in range(self.start, self.steps):
+            base = s * self.batch * self.world + self.rank * self.batch
+            yield from range(base, base + self.batch)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) * self.batch
+
+
+def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict[str, float]:
+    """Mean AJI / PQ / Dice per validation set and over all images."""
+    predictor = Predictor(method, model, cfg.infer, cfg.data.channels, device, precision)
+    rows = []
+    out: dict[str, float] = {}
+    for name, samples in val_sets.items():
+        set_rows = []
+        for s in samples:
+            labels = predictor.segment(s.image).labels
+            set_rows.append({"aji": aji(s.instances, labels), "pq": pq(s.instances, labels)["pq"],
+                             "dice": dice(s.instances, labels)})
+        for k in ("aji", "pq", "dice"):
+            out[f"{name}/{k}"] = float(np.mean([r[k] for r in set_rows]))
+        rows += set_rows
+    for k in ("aji", "pq", "dice"):
+        out[k] = float(np.mean([r[k] for r in rows])) if rows else float("nan")
+    model.train()
+    return out
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train `cfg` into `out_dir` (config.yaml, last.ckpt, best.ckpt, train.csv, val.csv). Returns the best scores."""
+    configure_malloc()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = default_device()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    set_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed + rank)
+    precision = resolve_precision(cfg.train.precision, device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    method = get_method(cfg.method)(cfg.model)
+    model = method.build_model().to(device).to(memory_format=torch.channels_last)
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
+    optimizer = opt_cls(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    cfg.optim._total_steps = cfg.train.steps  # type: ignore[attr-defined]
+    start_step, best, best_step = 0, -math.inf, -1
+    if resume and (out_dir / "last.ckpt").is_file():
+        ckpt = load_checkpoint(out_dir / "last.ckpt")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_step, best, best_step = int(ckpt["step"]), float(ckpt["best"]), int(ckpt["best_step"])
+    if rank == 0:
+        write_text(out_dir / "config.yaml", f"# nucseg {nucseg.__version__}\n" + config_to_yaml(cfg))
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    total_samples = cfg.train.steps * cfg.train.batch_size * world
+    dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed)
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size,
+                        sampler=_StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world),
+                        num_workers=cfg.train.workers, persistent_workers=cfg.train.workers > 0)
+    val_sets = validation_samples(cfg.data) if rank == 0 and cfg.train.val_every > 0 else {}
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train {cfg.method}", dynamic_ncols=True)
+    model.train()
+    step, t0 = start_step, time.time()
+    last_scores: dict = {}
+    for batch in loader:
+        lr = lr_at(step, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = normalize(batch.pop("image").to(device)).contiguous(memory_format=torch.channels_last)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, precision):
+            outputs = ddp_model(images)
+        losses = method.loss(outputs, batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        step += 1
+        if rank == 0:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                row = {"step": step, "lr": lr, "seconds": round(time.time() - t0, 2)}
+                row.update({k: round(float(v.item()), 6) for k, v in losses.items()})
+                _append_csv(out_dir / "train.csv", row)
+            is_val = cfg.train.val_every > 0 and (step % cfg.train.val_every == 0 or step == cfg.train.steps)
+            if is_val and val_sets:
+                scores = validate(method, model, cfg, val_sets, device, precision)
+                last_scores = scores
+                _append_csv(out_dir / "val.csv", {"step": step, **{k: round(v, 5) for k, v in scores.items()}})
+                if scores[cfg.train.select_metric] > best:
+                    best, best_step = scores[cfg.train.select_metric], step
+                    save_checkpoint(out_dir / "best.ckpt", model, cfg, step=step, scores=scores)
+                if bar is not None:
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "/" not in k))
+            if is_val or step == cfg.train.steps or step % max(cfg.train.val_every, 100) == 0:
+                save_checkpoint(out_dir / "last.ckpt", model, cfg, optimizer=optimizer.state_dict(), step=step,
+                                best=best, best_step=best_step)
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        dist.barrier()
+    if rank == 0 and not (out_dir / "best.ckpt").exists():
+        save_checkpoint(out_dir / "best.ckpt", model, cfg, step=step, scores=last_scores)
+    return {"best": best, "best_step": best_step, "step": step, **last_scores}

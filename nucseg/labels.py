@@ -1,0 +1,214 @@
+"""Instance-map utilities shared by every stage: ids, relabelling, class maps, polygons, centroids, boxes, properties.
+
+All functions take an H×W integer instance map (0 = background, any ids) and never build one full-image mask per
+nucleus: they work from `scipy.ndimage.find_objects` crops or from bincounts over the pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+# Ids up to this use a dense lookup table; larger ids fall back to np.unique (a sort).
+_DENSE_ID_LIMIT = 1 << 24
+
+
+def instance_ids(labels: np.ndarray) -> np.ndarray:
+    """Sorted non-zero ids present in `labels`."""
+    flat = np.asarray(labels).ravel()
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = int(flat.min()), int(flat.max())
+    if lo < 0:
+        raise ValueError(f"instance map has negative ids (min {lo})")
+    if hi < _DENSE_ID_LIMIT:
+        present = np.flatnonzero(np.bincount(flat, minlength=1))
+        return present[present > 0].astype(np.int64)
+    ids = np.unique(flat)
+    return ids[ids > 0].astype(np.int64)
+
+
+def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map ids to 1..N keeping their order. Returns (new map as int32, old ids where old_ids[k-1] -> k)."""
+    labels = np.asarray(labels)
+    ids = instance_ids(labels)
+    if ids.size == 0:
+        return np.zeros(labels.shape, np.int32), ids
+    if ids[-1] < _DENSE_ID_LIMIT:
+        lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        return lut[labels], ids
+    inverse = np.searchsorted(ids, labels.ravel())
+    out = np.where(labels.ravel() > 0, inverse + 1, 0).astype(np.int32)
+    return out.reshape(labels.shape), ids
+
+
+def instances_to_class_map(labels: np.ndarray, classes: dict[int, int] | None) -> np.ndarray:
+    """Per-pixel class map (uint8) from an instance map and {id: class}. Ids without a class get 0."""
+    out = np.zeros(labels.shape, np.uint8)
+    if not classes:
+        return out
+    ids = instance_ids(labels)
+    if ids.size == 0:
+        return out
+    lut_ids = np.array(list(classes.keys()), dtype=np.int64)
+    lut_cls = np.array(list(classes.values()), dtype=np.int64)
+    if ids[-1] < _DENSE_ID_LIMIT:
+        lut = np.zeros(max(int(ids[-1]), int(lut_ids.max(initial=0))) + 1, dtype=np.uint8)
+        lut[lut_ids] = lut_cls
+        return lut[labels]
+    relabelled, old = relabel_sequential(labels)
+    lut = np.zeros(old.size + 1, np.uint8)
+    for k, i in enumerate(old, start=1):
+        lut[k] = classes.get(int(i), 0)
+    return lut[relabelled]
+
+
+def class_map_to_instance_classes(labels: np.ndarray, class_map: np.ndarray) -> dict[int, int]:
+    """{id: class} by majority vote of the class map's non-zero pixels inside each instance (0 if none)."""
+    if class_map.shape != labels.shape:
+        raise ValueError(f"class map size {class_map.shape} differs from instance map size {labels.shape}")
+    relabelled, old = relabel_sequential(labels)
+    if old.size == 0:
+        return {}
+    n_cls = int(class_map.max()) + 1
+    fg = (relabelled > 0) & (class_map > 0)
+    votes = np.bincount(
+        relabelled[fg].astype(np.int64) * n_cls + class_map[fg].astype(np.int64), minlength=(old.size + 1) * n_cls
+    ).reshape(old.size + 1, n_cls)
+    winner = votes.argmax(axis=1)
+    winner[votes.max(axis=1) == 0] = 0
+    return {int(i): int(winner[k]) for k, i in enumerate(old, start=1)}
+
+
+def bounding_boxes(labels: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """{id: (row0, col0, row1, col1)}, half-open, from one pass (find_objects on the relabelled map)."""
+    relabelled, old = relabel_sequential(labels)
+    out = {}
+    for k, sl in enumerate(ndi.find_objects(relabelled), start=1):
+        if sl is not None:
+            out[int(old[k - 1])] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+    return out
+
+
+def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, N×2 array of (row, col) centroids) from pixel bincounts."""
+    relabelled, old = relabel_sequential(labels)
+    if old.size == 0:
+        return old, np.zeros((0, 2))
+    flat = relabelled.ravel()
+    rows, cols = np.indices(labels.shape)
+    area = np.bincount(flat, minlength=old.size + 1)[1:]
+    r = np.bincount(flat, weights=rows.ravel(), minlength=old.size + 1)[1:] / area
+    c = np.bincount(flat, weights=cols.ravel(), minlength=old.size + 1)[1:] / area
+    return old, np.stack([r, c], axis=1)
+
+
+def areas(labels: np.ndarray) -> dict[int, int]:
+    relabelled, old = relabel_sequential(labels)
+    counts = np.bincount(relabelled.ravel(), minlength=old.size + 1)[1:]
+    return {int(i): int(a) for i, a in zip(old, counts)}
+
+
+def instances_to_polygons(labels: np.ndarray, simplify: float = 0.0) -> dict[int, np.ndarray]:
+    """{id: N×2 float array of (x, y) pixel-centre vertices} of each instance's largest outer contour.
+
+    Works on each instance's bounding-box crop. `simplify` > 0 applies Douglas-Peucker with that tolerance (pixels).
+    """
+    import cv2
+
+    relabelled, old = relabel_sequential(labels)
+    out: dict[int, np.ndarray] = {}
+    for k, sl in enumerate(ndi.find_objects(relabelled), start=1):
+        if sl is None:
+            continue
+        crop = (relabelled[sl] == k).astype(np.uint8)
+        crop = np.pad(crop, 1)
+        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if not contours:
+            continue
+        contour = max(contours, key=cv2.contourArea)
+        if simplify > 0 and len(contour) > 4:
+            contour = cv2.approxPolyDP(contour, simplify, True)
+        xy = contour[:, 0, :].astype(np.float64) + [sl[1].start - 1, sl[0].start - 1]
+        out[int(old[k - 1])] = xy
+    return out
+
+
+def polygons_to_instances(
+    polygons: list[np.ndarray] | dict[int, np.ndarray], shape: tuple[int, int], ids: list[int] | None = None
+) -> np.ndarray:
+    """Rasterise polygons ((x, y) vertices, pixel (r, c) has its centre at x=c, y=r) into an int32 instance map.
+
+    A pixel belongs to a polygon when its centre lies inside it; where polygons overlap the later one wins.
+    Ids default to 1..N in order (or the dict's keys).
+    """
+    from skimage.draw import polygon as draw_polygon
+
+    if isinstance(polygons, dict):
+        ids = list(polygons.keys()) if ids is None else ids
+        polygons = list(polygons.values())
+    ids = list(range(1, len(polygons) + 1)) if ids is None else ids
+    out = np.zeros(shape, np.int32)
+    for inst_id, poly in zip(ids, polygons):
+        poly = np.asarray(poly, dtype=np.float64)
+        if poly.ndim != 2 or poly.shape[0] < 3:
+            continue
+        rr, cc = draw_polygon(poly[:, 1], poly[:, 0], shape=shape)
+        out[rr, cc] = inst_id
+    return out
+
+
+def remove_small_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Zero out instances smaller than `min_area` pixels."""
+    relabelled, old = relabel_sequential(labels)
+    counts = np.bincount(relabelled.ravel(), minlength=old.size + 1)
+    keep = counts >= min_area
+    keep[0] = False
+    return np.where(keep[relabelled], labels, 0).astype(np.int32)
+
+
+def instance_properties(
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    mpp: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-nucleus measurements as columns: id, centroid_x/y, area, perimeter, eccentricity, solidity,
+    major/minor axis length, orientation and mean intensity per channel. Lengths and areas are in µm / µm² when
+    `mpp` (microns per pixel) is given, else in pixels."""
+    from skimage.measure import regionprops_table
+
+    relabelled, old = relabel_sequential(labels)
+    props = [
+        "label",
+        "centroid",
+        "area",
+        "perimeter",
+        "eccentricity",
+        "solidity",
+        "axis_major_length",
+        "axis_minor_length",
+        "orientation",
+    ]
+    intensity = None
+    if image is not None:
+        intensity = image if image.ndim == 3 else image[..., None]
+        props.append("intensity_mean")
+    table = regionprops_table(relabelled, intensity_image=intensity, properties=props)
+    scale = 1.0 if mpp is None else float(mpp)
+    out = {
+        "id": old[np.asarray(table["label"], dtype=np.int64) - 1] if old.size else np.zeros(0, np.int64),
+        "centroid_x": np.asarray(table["centroid-1"]) * scale,
+        "centroid_y": np.asarray(table["centroid-0"]) * scale,
+        "area": np.asarray(table["area"]) * scale**2,
+        "perimeter": np.asarray(table["perimeter"]) * scale,
+        "eccentricity": np.asarray(table["eccentricity"]),
+        "solidity": np.asarray(table["solidity"]),
+        "major_axis_length": np.asarray(table["axis_major_length"]) * scale,
+        "minor_axis_length": np.asarray(table["axis_minor_length"]) * scale,
+        "orientation": np.asarray(table["orientation"]),
+    }
+    if intensity is not None:
+        for c in range(intensity.shape[-1]):
+            out[f"mean_intensity_{c}"] = np.asarray(table[f"intensity_mean-{c}"])
+    return out

@@ -1,0 +1,21 @@
+"""Generic loss terms shared by methods."""
+
+from __future__ import annotations
+
+import torch
+
+
+def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, classes=(1,), eps: float = 1.0) -> torch.Tensor:
+    """1 - mean soft Dice over `classes`, from N×C×H×W probabilities and an N×H×W integer target."""
+    losses = []
+    for c in classes:
+        p = prob[:, c]
+        t = (target == c).float()
+        inter = (p * t).sum()
+        losses.append(1 - (2 * inter + eps) / (p.sum() + t.sum() + eps))
+    return torch.stack(losses).mean()
+
+
+def binary_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    inter = (prob * target).sum()
+    return 1 - (2 * inter + eps) / (prob.sum() + target.sum() + eps)

@@ -1,0 +1,80 @@
+"""The Method contract. The engine wraps any Method; a method never writes its own training loop.
+
+    config_class                      a dataclass whose defaults are the paper's
+    build_model() -> nn.Module        the network
+    targets(labels, classes) -> dict  numpy targets, computed in data-loader workers
+    loss(outputs, batch) -> dict      named terms; the engine backpropagates "total" and logs the rest
+    postprocess(outputs) -> Instances numpy, per image or block; outputs are the model's dense maps as numpy
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from nucseg.structures import Instances
+
+_METHODS: dict[str, type[Method]] = {}
+_BUILTIN = ("nucseg.methods.unet",)
+
+
+class Method:
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    # Dense output channels that are probabilities / values to blend across windows, by name -> channel count.
+    # The engine's sliding-window inference blends `predict_dense` outputs; post-processing reads them by name.
+
+    def __init__(self, config: Any = None, **overrides):
+        base = OmegaConf.structured(self.config_class)
+        if config is not None:
+            base = OmegaConf.merge(base, config)
+        if overrides:
+            base = OmegaConf.merge(base, overrides)
+        self.config = OmegaConf.to_object(base)
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def targets(self, labels: np.ndarray, classes: dict[int, int] | None = None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense per-pixel maps (probabilities, distances) to blend across windows. Default: the model's outputs."""
+        return model(images)
+
+    def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
+        raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        return int(getattr(self.config, "in_channels", 3))
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _ensure_loaded() -> None:
+    for pkg in _BUILTIN:
+        importlib.import_module(pkg)
+
+
+def get_method(name: str) -> type[Method]:
+    _ensure_loaded()
+    if name not in _METHODS:
+        raise ValueError(f"unknown method '{name}' (known: {', '.join(sorted(_METHODS))})")
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    _ensure_loaded()
+    return sorted(_METHODS)

@@ -1,0 +1,48 @@
+"""One-to-one matching on a sparse overlap table.
+
+Hungarian matching on the full n_true × n_pred matrix (what the reference does) equals Hungarian matching on each
+connected component of the overlap graph, because pairs that do not overlap have weight 0 and can never improve an
+assignment. Solving per component keeps 1000-nucleus images in milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+def max_weight_matching(
+    pair_true: np.ndarray, pair_pred: np.ndarray, weight: np.ndarray, n_true: int, n_pred: int
+) -> np.ndarray:
+    """Indices (into the pair arrays) of a maximum-weight one-to-one matching over pairs with weight > 0."""
+    keep = np.flatnonzero(weight > 0)
+    if keep.size == 0:
+        return keep
+    pt, pp, w = pair_true[keep], pair_pred[keep], weight[keep]
+    # Trues and preds that appear in exactly one pair form 1×1 components: matched directly.
+    t_deg = np.bincount(pt, minlength=n_true)
+    p_deg = np.bincount(pp, minlength=n_pred)
+    single = (t_deg[pt] == 1) & (p_deg[pp] == 1)
+    chosen = [keep[single]]
+    rest = np.flatnonzero(~single)
+    if rest.size:
+        pt_r, pp_r, w_r = pt[rest], pp[rest], w[rest]
+        graph = coo_matrix((np.ones(rest.size), (pt_r, pp_r + n_true)), shape=(n_true + n_pred,) * 2)
+        _, comp = connected_components(graph, directed=False)
+        pair_comp = comp[pt_r]
+        order = np.argsort(pair_comp, kind="stable")
+        bounds = np.flatnonzero(np.diff(pair_comp[order])) + 1
+        for group in np.split(order, bounds):
+            rows, row_idx = np.unique(pt_r[group], return_inverse=True)
+            cols, col_idx = np.unique(pp_r[group], return_inverse=True)
+            cost = np.zeros((rows.size, cols.size))
+            cost[row_idx, col_idx] = w_r[group]
+            lookup = np.full((rows.size, cols.size), -1, dtype=np.int64)
+            lookup[row_idx, col_idx] = group
+            r, c = linear_sum_assignment(-cost)
+            hit = lookup[r, c]
+            chosen.append(keep[rest[hit[hit >= 0]]])
+    out = np.concatenate(chosen)
+    return np.sort(out)

