@@ -39,6 +39,55 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from nucseg.data.convert import convert
+
+    info = convert(args.format, args.src, args.dst, progress=True)
+    print(f"wrote {info['images']} images to {args.dst} (classes: {info['classes'] or 'none'})")
+    return 0
+
+
+def _cmd_formats(args: argparse.Namespace) -> int:
+    from nucseg.data.readers import DESCRIPTIONS
+
+    for name, text in sorted(DESCRIPTIONS.items()):
+        print(f"{name:10s} {text}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nucseg.metrics.evaluate import evaluate_folders, format_table, write_results
+
+    result = evaluate_folders(args.true, args.pred, args.true_types, args.pred_types, args.tissue,
+                              allow_missing=args.allow_missing, radius=args.radius)
+    print(format_table(result))
+    for key in ("bpq", "mpq", "mpq_plus", "f1_det_typed", "acc_type"):
+        if key in result:
+            print(f"{key}: {result[key]:.4f}")
+    write_results(result, args.out, args.csv)
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from nucseg.engine.segment import segment_files
+
+    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
+    outputs = tuple("overlay" if o == "overlays" else o for o in outputs)
+    report = segment_files(args.inputs, args.out, args.model, outputs, args.mpp, args.batch_size, args.threads,
+                           args.tta)
+    if report.rows:
+        width = max(len(r["image"]) for r in report.rows)
+        print(f"{'image':{width}s}  {'size':>11s}  {'nuclei':>7s}  {'seconds':>7s}")
+        for r in report.rows:
+            print(f"{r['image']:{width}s}  {r['size']:>11s}  {r['nuclei']:7d}  {r['seconds']:7.2f}")
+    print(f"{len(report.rows)} image(s) segmented into {args.out}/ ({', '.join(outputs)})")
+    for path, problem in report.failed:
+        print(f"nucseg: error: {path}: {problem}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import nucseg
 
@@ -53,6 +102,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.ckpt")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png/jpg/tif)")
+    p.add_argument("--model", help="'default', a run directory or a checkpoint (.ckpt/.pt)")
+    p.add_argument("--out", default="nucseg-output", help="output folder (default nucseg-output)")
+    p.add_argument("--outputs", default="labels,overlay,geojson,csv", help="comma-separated: labels,overlay,geojson,csv")
+    p.add_argument("--mpp", type=float, help="microns per pixel: CSV/GeoJSON measurements in µm")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    p.add_argument("--tta", action="store_true", help="average over flips (slower, slightly more accurate)")
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")
+    p.add_argument("--true", required=True, help="folder of true instance maps (png/tif/npy/mat)")
+    p.add_argument("--pred", required=True, help="folder of predicted instance maps, same stems")
+    p.add_argument("--true-types", help="folder of true per-pixel class maps")
+    p.add_argument("--pred-types", help="folder of predicted per-pixel class maps")
+    p.add_argument("--tissue", help="CSV or JSON: stem -> tissue (PanNuke mPQ averages over tissues)")
+    p.add_argument("--out", help="write the full results as JSON")
+    p.add_argument("--csv", help="write per-image rows as CSV")
+    p.add_argument("--radius", type=float, default=12.0, help="centroid pairing radius in pixels (default 12)")
+    p.add_argument("--allow-missing", action="store_true", help="score a missing prediction as empty")
+    p.set_defaults(func=_cmd_evaluate)
+
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("convert", help="convert an annotation format to the canonical layout")
+    p.add_argument("--format", required=True, help="source format (see `nucseg data formats`)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=_cmd_convert)
+    p = data.add_parser("formats", help="list the annotation formats")
+    p.set_defaults(func=_cmd_formats)
+
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)
     return parser
@@ -63,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"nucseg: error: {exc}", file=sys.stderr)
         return 2
 

@@ -77,33 +77,47 @@ class Predictor:
         """Blended dense maps {name: C×H×W float32} of a whole H×W×C image."""
         image = self.prepare(image)
         h, w = image.shape[:2]
-        win, stride = self.cfg.window, max(self.cfg.window - self.cfg.overlap, 1)
+        win = self.cfg.window
         if h <= win and w <= win:
             # one pass over the image padded to a multiple of 32 (the encoder's stride): no seams to blend
             ph, pw = -h % 32, -w % 32
             padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else image
             out = self._forward(np.ascontiguousarray(padded.transpose(2, 0, 1))[None])
             return {k: v[0, :, :h, :w] for k, v in out.items()}
-        ph, pw = max(win - h, 0), max(win - w, 0)
-        if ph or pw:
-            image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        return self._dense_region(self._pad_to_window(image), (0, h, 0, w))
+
+    def _pad_to_window(self, image: np.ndarray) -> np.ndarray:
+        win = self.cfg.window
+        ph, pw = max(win - image.shape[0], 0), max(win - image.shape[1], 0)
+        return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else image
+
+    def _dense_region(self, image: np.ndarray, region: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+        """Blended maps over `region` (r0, r1, c0, c1) of a prepared, window-padded image, from the windows of the
+        image's global grid that touch the region: a region's maps equal the whole image's there, so blocks stitch
+        without seams."""
+        r0, r1, c0, c1 = region
+        win, stride = self.cfg.window, max(self.cfg.window - self.cfg.overlap, 1)
         hh, ww = image.shape[:2]
-        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
-        coords = [(r, c) for r in window_starts(hh, win, stride) for c in window_starts(ww, win, stride)]
+        coords = [(r, c) for r in window_starts(hh, win, stride) if r < r1 and r + win > r0
+                  for c in window_starts(ww, win, stride) if c < c1 and c + win > c0]
         acc: dict[str, np.ndarray] = {}
-        norm = np.zeros((hh, ww), np.float32)
+        norm = np.zeros((r1 - r0, c1 - c0), np.float32)
         for i in range(0, len(coords), self.cfg.batch_size):
             chunk = coords[i : i + self.cfg.batch_size]
-            batch = np.stack([chw[:, r : r + win, c : c + win] for r, c in chunk])
-            out = self._forward(batch)
-            for k, v in out.items():
-                if k not in acc:
-                    acc[k] = np.zeros((v.shape[1], hh, ww), np.float32)
-                for j, (r, c) in enumerate(chunk):
-                    acc[k][:, r : r + win, c : c + win] += v[j] * self.weight
-            for r, c in chunk:
-                norm[r : r + win, c : c + win] += self.weight
-        return {k: (v / norm)[:, :h, :w] for k, v in acc.items()}
+            batch = np.stack([image[r : r + win, c : c + win].transpose(2, 0, 1) for r, c in chunk])
+            out = self._forward(np.ascontiguousarray(batch))
+            for j, (r, c) in enumerate(chunk):
+                # the part of window (r, c) inside the region, in region and in window coordinates
+                a0, a1, b0, b1 = max(r, r0), min(r + win, r1), max(c, c0), min(c + win, c1)
+                wsl = (slice(a0 - r, a1 - r), slice(b0 - c, b1 - c))
+                rsl = (slice(a0 - r0, a1 - r0), slice(b0 - c0, b1 - c0))
+                weight = self.weight[wsl]
+                for k, v in out.items():
+                    if k not in acc:
+                        acc[k] = np.zeros((v.shape[1], r1 - r0, c1 - c0), np.float32)
+                    acc[k][(slice(None), *rsl)] += v[j][(slice(None), *wsl)] * weight
+                norm[rsl] += weight
+        return {k: v / norm for k, v in acc.items()}
 
     def segment(self, image: np.ndarray) -> Instances:
         """Instances of a whole image; images larger than `block_size` go block by block (see `segment_blocks`)."""
@@ -117,6 +131,7 @@ class Predictor:
         centroid lies in its core; they are pasted onto pixels no earlier instance holds, so nothing is duplicated
         and, with a margin wider than a nucleus, the result equals segmenting the whole image."""
         h, w = image.shape[:2]
+        prepared = self._pad_to_window(self.prepare(image))
         out = np.zeros((h, w), np.int32)
         classes: dict[int, int] = {}
         scores: dict[int, float] = {}
@@ -126,7 +141,7 @@ class Predictor:
                 r1, c1 = min(r0 + block, h), min(c0 + block, w)
                 R0, C0 = max(r0 - margin, 0), max(c0 - margin, 0)
                 R1, C1 = min(r1 + margin, h), min(c1 + margin, w)
-                inst = self.method.postprocess(self.dense(image[R0:R1, C0:C1]))
+                inst = self.method.postprocess(self._dense_region(prepared, (R0, R1, C0, C1)))
                 ids, cents = centroids(inst.labels)
                 if ids.size == 0:
                     continue

@@ -39,8 +39,14 @@ def aji(true, pred=None) -> float:
     ov = _as_overlap(true, pred)
     if _both_empty(ov):
         return 1.0
+    inter, union = aji_parts(ov)
+    return float(inter / union)
+
+
+def aji_parts(ov: Overlap) -> tuple[float, float]:
+    """(overall intersection, overall union) of AJI, for pooling over images."""
     if ov.n_true == 0 or ov.n_pred == 0:
-        return 0.0
+        return 0.0, float(ov.true_area.sum() + ov.pred_area.sum())
     union = ov.union
     iou = ov.inter / (union + _EPS)
     # Best pair per true: sort by true, then IoU descending, then pred id ascending (argmax's tie rule).
@@ -55,7 +61,7 @@ def aji(true, pred=None) -> float:
     paired_p = np.zeros(ov.n_pred, bool)
     paired_p[ov.pair_pred[best]] = True
     overall_union += ov.true_area[~paired_t].sum() + ov.pred_area[~paired_p].sum()
-    return float(overall_inter / overall_union)
+    return float(overall_inter), float(overall_union)
 
 
 def aji_plus(true, pred=None) -> float:
@@ -63,8 +69,14 @@ def aji_plus(true, pred=None) -> float:
     ov = _as_overlap(true, pred)
     if _both_empty(ov):
         return 1.0
+    inter, union = aji_plus_parts(ov)
+    return float(inter / union)
+
+
+def aji_plus_parts(ov: Overlap) -> tuple[float, float]:
+    """(overall intersection, overall union) of AJI+, for pooling over images."""
     if ov.n_true == 0 or ov.n_pred == 0:
-        return 0.0
+        return 0.0, float(ov.true_area.sum() + ov.pred_area.sum())
     union = ov.union
     iou = ov.inter / (union + _EPS)
     chosen = max_weight_matching(ov.pair_true, ov.pair_pred, iou, ov.n_true, ov.n_pred)
@@ -74,7 +86,7 @@ def aji_plus(true, pred=None) -> float:
     paired_p[ov.pair_pred[chosen]] = True
     overall_inter = ov.inter[chosen].sum()
     overall_union = union[chosen].sum() + ov.true_area[~paired_t].sum() + ov.pred_area[~paired_p].sum()
-    return float(overall_inter / overall_union)
+    return float(overall_inter), float(overall_union)
 
 
 def match_pairs(true, pred=None, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, Overlap]:
@@ -156,7 +168,7 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
-def hausdorff(true, pred, iou_threshold: float = 0.5) -> float:
+def hausdorff(true, pred, iou_threshold: float = 0.5, overlap: Overlap | None = None) -> float:
     """Mean object-level Hausdorff distance (pixels) over PQ-matched pairs (IoU > threshold).
 
     Per pair: the symmetric Hausdorff distance between the two nuclei's pixel sets (as
@@ -168,7 +180,7 @@ def hausdorff(true, pred, iou_threshold: float = 0.5) -> float:
 
     from nucseg.labels import relabel_sequential
 
-    pt, pp, _, ov = match_pairs(true, pred, iou_threshold)
+    pt, pp, _, ov = match_pairs(overlap if overlap is not None else true, pred, iou_threshold)
     if pt.size == 0:
         return float("nan")
     t, _ = relabel_sequential(true)
@@ -208,12 +220,24 @@ def instance_scores(true: np.ndarray, pred: np.ndarray, radius: float = 12.0, wi
     """Every per-image instance score from one overlap table: the row `nucseg evaluate` prints."""
     ov = compute_overlap(true, pred)
     q = pq(ov)
+    a_in, a_un = aji_parts(ov)
+    ap_in, ap_un = aji_plus_parts(ov)
     det = detection_by_centroid(true, pred, radius)
     det_iou = _prf(q["tp"], q["fp"], q["fn"])
     sem = semantic_scores(np.asarray(true) > 0, np.asarray(pred) > 0, num_classes=2)
     row = {
         "aji": aji(ov),
         "aji_plus": aji_plus(ov),
+        "_aji_inter": a_in,
+        "_aji_union": a_un,
+        "_aji_plus_inter": ap_in,
+        "_aji_plus_union": ap_un,
+        "_tp": q["tp"],
+        "_fp": q["fp"],
+        "_fn": q["fn"],
+        "_iou_sum": q["iou_sum"],
+        "_fg_inter": float(ov.inter.sum()),
+        "_fg_total": float(ov.true_area.sum() + ov.pred_area.sum()),
         "dice": dice(true, pred),
         "dq": q["dq"],
         "sq": q["sq"],
@@ -229,5 +253,5 @@ def instance_scores(true: np.ndarray, pred: np.ndarray, radius: float = 12.0, wi
         "n_pred": ov.n_pred,
     }
     if with_hausdorff:
-        row["hausdorff"] = hausdorff(true, pred) if ov.n_true and ov.n_pred else float("nan")
+        row["hausdorff"] = hausdorff(true, pred, overlap=ov) if ov.n_true and ov.n_pred else float("nan")
     return row

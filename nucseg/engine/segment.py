@@ -1,0 +1,87 @@
+"""Segment image files with a trained model and write every output; one unreadable image never stops the others."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nucseg.engine.checkpoints import build_from_checkpoint
+from nucseg.engine.device import configure_malloc, default_device, resolve_precision, set_threads
+from nucseg.engine.infer import Predictor
+from nucseg.io.images import IMAGE_EXTENSIONS, InputError, read_image
+from nucseg.io.writers import write_outputs
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "default.pt"
+
+
+def resolve_model(model: str | None) -> Path:
+    """--model: omitted or 'default' -> the shipped model; a run directory or checkpoint file -> that."""
+    if model in (None, "", "default"):
+        if not DEFAULT_MODEL.is_file():
+            raise FileNotFoundError(f"{DEFAULT_MODEL}: the shipped default model is missing from this installation")
+        return DEFAULT_MODEL
+    path = Path(model)
+    if path.exists():
+        return path
+    from nucseg.methods import list_methods
+
+    if model in list_methods():
+        raise ValueError(f"model '{model}' needs trained weights: pass its run directory or checkpoint to --model")
+    raise FileNotFoundError(f"{model}: no such model, run directory or checkpoint")
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            files.append(p)  # a missing file is reported per image, not here
+    return files
+
+
+@dataclass
+class SegmentReport:
+    rows: list[dict] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = None, outputs=("labels", "overlay",
+                  "geojson", "csv"), mpp: float | None = None, batch_size: int | None = None, threads: int = 0,
+                  tta: bool = False, precision: str = "auto", progress: bool = True) -> SegmentReport:
+    configure_malloc()
+    set_threads(threads)
+    files = collect_inputs(inputs)
+    if not files:
+        raise ValueError("no input images (png/jpg/tif) found")
+    method, net, cfg = build_from_checkpoint(resolve_model(model))
+    device = default_device()
+    net = net.to(device).to(memory_format=torch.channels_last)
+    infer_cfg = cfg.infer
+    if batch_size:
+        infer_cfg.batch_size = batch_size
+    infer_cfg.tta = tta
+    predictor = Predictor(method, net, infer_cfg, cfg.data.channels, device, resolve_precision(precision, device))
+    report = SegmentReport()
+    items = files
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(files, desc="segment", unit="image")
+    for path in items:
+        try:
+            t0 = time.perf_counter()
+            image = read_image(path)
+            inst = predictor.segment(image)
+            write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp)
+            report.rows.append({"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}",
+                                "nuclei": len(inst), "seconds": time.perf_counter() - t0})
+        except InputError as exc:
+            report.failed.append((str(path), exc.problem))
+        except Exception as exc:  # keep going: report which image failed and why
+            report.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
+    return report

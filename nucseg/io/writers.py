@@ -1,0 +1,106 @@
+"""Result writers: 16-bit label maps, overlays, QuPath GeoJSON, per-nucleus CSV and COCO JSON. All atomic."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.io.images import write_image, write_label, write_text
+from nucseg.labels import instance_properties, instances_to_polygons
+from nucseg.structures import Instances
+
+OUTPUT_KINDS = ("labels", "overlay", "geojson", "csv")
+
+
+def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | None = None,
+                  properties: dict[str, np.ndarray] | None = None) -> Path:
+    """A FeatureCollection with one Polygon 'detection' per nucleus, as QuPath 0.5/0.6 import it
+    (File > Import objects): classification {name, color} and a flat measurements dict. Vertices use QuPath's
+    pixel-corner convention (+0.5)."""
+    from nucseg.viz import class_colour
+
+    polys = instances_to_polygons(inst.labels)
+    rows = {}
+    if properties is not None:
+        for k, i in enumerate(properties["id"]):
+            rows[int(i)] = {name: float(col[k]) for name, col in properties.items() if name != "id"}
+    features = []
+    for i, xy in polys.items():
+        ring = (xy + 0.5).round(2).tolist()
+        if len(ring) < 3:
+            continue
+        ring.append(ring[0])
+        props = {"objectType": "detection", "name": f"nucleus {i}", "measurements": rows.get(i, {})}
+        cls = inst.classes.get(i)
+        if cls:
+            name = (class_names or {}).get(cls, f"class{cls}")
+            props["classification"] = {"name": name, "color": list(class_colour(cls))}
+        if i in inst.scores:
+            props["measurements"]["probability"] = float(inst.scores[i])
+        features.append({"type": "Feature", "id": f"nucleus-{i}", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": props})
+    return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def write_csv(path: Path, inst: Instances, properties: dict[str, np.ndarray],
+              class_names: dict[int, str] | None = None) -> Path:
+    buf = io.StringIO()
+    cols = [c for c in properties if c != "id"]
+    writer = csv.writer(buf)
+    writer.writerow(["id", *cols, "class", "probability"])
+    for k, i in enumerate(properties["id"]):
+        cls = inst.classes.get(int(i), 0)
+        name = (class_names or {}).get(cls, str(cls) if cls else "")
+        prob = inst.scores.get(int(i), "")
+        writer.writerow([int(i), *[f"{properties[c][k]:.4f}" for c in cols], name, prob])
+    return write_text(path, buf.getvalue())
+
+
+def write_coco(path: Path, items: list[tuple[str, Instances]], class_names: dict[int, str] | None = None) -> Path:
+    """COCO instance JSON (compressed RLE segmentations) for several images."""
+    from nucseg.data.readers.instance_lists import coco_rle_encode
+    from nucseg.labels import bounding_boxes
+
+    images, anns, cats = [], [], set()
+    for img_id, (name, inst) in enumerate(items, start=1):
+        h, w = inst.labels.shape
+        images.append({"id": img_id, "file_name": name, "height": h, "width": w})
+        for i, (r0, c0, r1, c1) in bounding_boxes(inst.labels).items():
+            mask = inst.labels == i
+            cls = inst.classes.get(i, 1)
+            cats.add(cls)
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cls, "iscrowd": 0,
+                         "area": int(mask.sum()), "bbox": [c0, r0, c1 - c0, r1 - r0],
+                         "segmentation": coco_rle_encode(mask)})
+    categories = [{"id": c, "name": (class_names or {}).get(c, "nucleus" if c == 1 else f"class{c}")}
+                  for c in sorted(cats or {1})]
+    return write_text(path, json.dumps({"images": images, "annotations": anns, "categories": categories}))
+
+
+def write_outputs(out_dir: Path, stem: str, image: np.ndarray, inst: Instances, kinds=OUTPUT_KINDS,
+                  mpp: float | None = None, class_names: dict[int, str] | None = None) -> dict[str, Path]:
+    """Write the requested outputs of one image; returns {kind: path}."""
+    from nucseg.viz import overlay_contours
+
+    unknown = set(kinds) - set(OUTPUT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown output kind(s) {sorted(unknown)} (known: {', '.join(OUTPUT_KINDS)})")
+    out_dir = Path(out_dir)
+    written = {}
+    props = None
+    if "csv" in kinds or "geojson" in kinds:
+        props = instance_properties(inst.labels, image, mpp)
+    if "labels" in kinds:
+        written["labels"] = write_label(out_dir / "labels" / f"{stem}.png", inst.labels)
+    if "overlay" in kinds:
+        written["overlay"] = write_image(out_dir / "overlays" / f"{stem}.png",
+                                         overlay_contours(image, inst.labels, inst.classes))
+    if "geojson" in kinds:
+        written["geojson"] = write_geojson(out_dir / "geojson" / f"{stem}.geojson", inst, class_names, props)
+    if "csv" in kinds:
+        written["csv"] = write_csv(out_dir / "csv" / f"{stem}.csv", inst, props, class_names)
+    return written

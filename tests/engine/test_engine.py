@@ -1,0 +1,117 @@
+"""The engine end to end on synthetic data with the tiny smoke config."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nucseg.engine.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "configs/unet/smoke.yaml"
+
+
+def smoke_cfg(synthetic_set, *extra):
+    return load_config(SMOKE, [f"data.sets=[{{path: '{synthetic_set}'}}]", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_set, tmp_path_factory):
+    from nucseg.engine.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    result = train(smoke_cfg(synthetic_set), out, progress=False)
+    return out, result
+
+
+def losses(run_dir):
+    with open(run_dir / "train.csv") as f:
+        return [float(r["total"]) for r in csv.DictReader(f)]
+
+
+def test_training_lowers_loss_and_writes_run_dir(trained_run):
+    out, result = trained_run
+    assert {"config.yaml", "last.ckpt", "best.ckpt", "train.csv", "val.csv"} <= {p.name for p in out.iterdir()}
+    values = losses(out)
+    assert values[-1] < values[0] * 0.8
+    ckpt = torch.load(out / "last.ckpt", weights_only=True)
+    assert ckpt["step"] == 30 and "nucseg 0.1.0" in (out / "config.yaml").read_text()
+
+
+def test_resume_continues_where_it_stopped(synthetic_set, tmp_path):
+    from nucseg.engine.train import train
+
+    cfg = smoke_cfg(synthetic_set, "train.steps=6", "train.val_every=0", "train.log_every=1")
+    train(cfg, tmp_path / "full", progress=False)
+    cfg_half = smoke_cfg(synthetic_set, "train.steps=3", "train.val_every=0", "train.log_every=1")
+    train(cfg_half, tmp_path / "half", progress=False)
+    train(cfg, tmp_path / "half", resume=True, progress=False)
+    assert torch.load(tmp_path / "half/last.ckpt", weights_only=True)["step"] == 6
+    assert np.allclose(losses(tmp_path / "full"), losses(tmp_path / "half"), rtol=1e-4)
+
+
+def test_bad_config_key_is_an_error(tmp_path):
+    with pytest.raises(Exception, match="nonsense"):
+        load_config(SMOKE, ["train.nonsense=1"])
+    with pytest.raises(Exception, match="bogus"):
+        load_config(SMOKE, ["model.bogus=1"])
+
+
+def test_two_process_ddp(synthetic_set, tmp_path):
+    code = ("import sys; from nucseg.engine.config import load_config; from nucseg.engine.train import train; "
+            f"cfg = load_config({str(SMOKE)!r}, [\"data.sets=[{{path: '{synthetic_set}'}}]\", 'train.steps=3', "
+            "'train.val_every=0', 'train.log_every=1']); train(cfg, sys.argv[1], progress=False)")
+    script = tmp_path / "ddp.py"
+    script.write_text(code)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                           str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert torch.load(tmp_path / "run/last.ckpt", weights_only=True)["step"] == 3
+
+
+def test_tiled_equals_whole(trained_run):
+    from nucseg.data.synthetic import synthetic_sample
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.engine.infer import Predictor
+    from nucseg.metrics import aji
+
+    method, model, cfg = build_from_checkpoint(trained_run[0])
+    predictor = Predictor(method, model, cfg.infer)
+    image = synthetic_sample(200, 60, radius=(5, 9), seed=11).image
+    whole = predictor.segment(image).labels
+    tiled = predictor.segment_blocks(image, block=80, margin=40).labels
+    assert whole.max() > 5
+    assert aji(whole, tiled) >= 0.99
+
+
+def test_segment_cli_end_to_end(trained_run, tmp_path, capsys):
+    from nucseg.cli import main
+    from nucseg.data.synthetic import synthetic_sample
+    from nucseg.io.images import read_label, write_image
+
+    write_image(tmp_path / "in" / "a.png", synthetic_sample(96, 12, seed=5).image)
+    write_image(tmp_path / "in" / "grey16.tif", (synthetic_sample(80, 8, style="fluorescence").image[..., :1]
+                                                 .astype(np.uint16) * 200))
+    (tmp_path / "in" / "broken.png").write_bytes(b"nope")
+    rc = main(["segment", str(tmp_path / "in"), "--model", str(trained_run[0]), "--out", str(tmp_path / "out"),
+               "--mpp", "0.25"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "broken.png" in captured.err  # the bad image fails, the others are written
+    for kind, ext in (("labels", "png"), ("overlays", "png"), ("geojson", "geojson"), ("csv", "csv")):
+        assert (tmp_path / "out" / kind / f"a.{ext}").is_file()
+        assert (tmp_path / "out" / kind / f"grey16.{ext}").is_file()
+    assert read_label(tmp_path / "out/labels/a.png").shape == (96, 96)
+    header = (tmp_path / "out/csv/a.csv").read_text().splitlines()[0]
+    assert header.startswith("id,centroid_x,centroid_y,area,perimeter") and "mean_intensity_0" in header
+
+
+def test_segment_unknown_model(tmp_path):
+    from nucseg.cli import main
+
+    assert main(["segment", str(tmp_path), "--model", str(tmp_path / "nope.ckpt")]) == 2

@@ -1,0 +1,121 @@
+"""Instance metrics: hand-computed cases, known pitfalls, properties, and parity with the per-instance reference."""
+
+import numpy as np
+import pytest
+from reference_metrics import ref_aji, ref_aji_plus, ref_dice, ref_pq, remap
+
+from nucseg import metrics as M
+
+
+def boxes(shape, *rects):
+    out = np.zeros(shape, np.int32)
+    for i, (r0, c0, r1, c1) in rects:
+        out[r0:r1, c0:c1] = i
+    return out
+
+
+def test_hand_computed_single_pair():
+    t = boxes((10, 10), (1, (0, 0, 4, 4)))  # 16 px
+    p = boxes((10, 10), (7, (0, 0, 4, 2)))  # 8 px inside
+    assert M.aji(t, p) == pytest.approx(8 / 16)
+    assert M.dice(t, p) == pytest.approx(2 * 8 / 24)
+    s = M.pq(t, p)
+    assert (s["tp"], s["fp"], s["fn"]) == (0, 1, 1)  # IoU 0.5 is not > 0.5
+    assert s["pq"] == 0
+
+
+def test_one_prediction_covering_two_nuclei():
+    t = boxes((10, 10), (1, (0, 0, 4, 4)), (2, (0, 4, 4, 8)))
+    p = boxes((10, 10), (5, (0, 0, 4, 8)))
+    # AJI: both nuclei take pred 5 (IoU .5 each); inter 16+16, union 32+32
+    assert M.aji(t, p) == pytest.approx(32 / 64)
+    # AJI+: pred 5 pairs with one nucleus; the other joins the union: 16 / (32 + 16)
+    assert M.aji_plus(t, p) == pytest.approx(16 / 48)
+
+
+def test_non_contiguous_shuffled_huge_ids_equal_contiguous():
+    rng = np.random.default_rng(0)
+    t = boxes((32, 32), (1, (0, 0, 8, 8)), (2, (10, 10, 20, 18)), (3, (22, 0, 30, 9)))
+    p = boxes((32, 32), (1, (1, 1, 8, 9)), (2, (10, 12, 20, 20)), (3, (25, 25, 30, 30)))
+    huge = np.array([0, 2**31 - 1, 70000, 3])
+    base = [M.aji(t, p), M.aji_plus(t, p), M.pq(t, p)["pq"]]
+    mapped = [M.aji(t, huge[p]), M.aji_plus(t, huge[p]), M.pq(t, huge[p])["pq"]]
+    assert np.allclose(base, mapped)
+    perm = np.concatenate([[0], rng.permutation(3) + 1])
+    assert np.allclose(base, [M.aji(perm[t], p), M.aji_plus(perm[t], p), M.pq(perm[t], p)["pq"]])
+
+
+def test_empty_maps():
+    z = np.zeros((8, 8), np.int32)
+    t = boxes((8, 8), (1, (0, 0, 4, 4)))
+    for fn in (M.aji, M.aji_plus, M.dice):
+        assert fn(t, z) == 0.0
+        assert fn(z, t) == 0.0
+        assert fn(z, z) == 1.0
+    assert M.pq(t, z)["pq"] == 0.0 and M.pq(z, z)["pq"] == 1.0
+    assert M.detection_by_centroid(t, z)["f1"] == 0.0
+    assert np.isnan(M.hausdorff(t, z))
+
+
+def test_perfect_prediction_scores_one(synthetic_set):
+    from nucseg.io.images import read_label
+
+    t = read_label(next((synthetic_set / "labels").iterdir()))
+    row = M.instance_scores(t, t * 3)
+    for k in ("aji", "aji_plus", "dice", "dq", "pq", "f1_det", "miou"):
+        assert row[k] == pytest.approx(1.0, abs=1e-6), k
+    assert row["sq"] == pytest.approx(1.0, abs=1e-5)
+    assert row["hausdorff"] == 0.0
+
+
+def test_pq_below_half_uses_hungarian():
+    t = boxes((10, 10), (1, (0, 0, 4, 4)))
+    p = boxes((10, 10), (1, (0, 0, 4, 2)), (2, (0, 2, 4, 3)))
+    assert M.pq(t, p, 0.3)["tp"] == 1 and M.pq(t, p)["tp"] == 0
+
+
+def test_centroid_detection_radius():
+    t = boxes((40, 40), (1, (0, 0, 5, 5)))
+    p = boxes((40, 40), (1, (10, 10, 15, 15)))  # centroids 14.1 px apart
+    assert M.detection_by_centroid(t, p, radius=12)["f1"] == 0
+    assert M.detection_by_centroid(t, p, radius=15)["f1"] == 1
+
+
+def test_hausdorff_of_shifted_square():
+    t = boxes((20, 20), (1, (2, 2, 10, 10)))
+    p = boxes((20, 20), (1, (2, 4, 10, 12)))
+    assert M.hausdorff(t, p) == pytest.approx(2.0)
+
+
+def test_semantic_miou():
+    t = boxes((4, 4), (1, (0, 0, 2, 4)))
+    p = boxes((4, 4), (1, (0, 0, 1, 4)))
+    # fg IoU 4/8, bg IoU 8/12
+    assert M.semantic_scores(t > 0, p > 0)["miou"] == pytest.approx((0.5 + 8 / 12) / 2)
+
+
+def perturb(t, rng):
+    """A realistic prediction: shifted, dilated, some nuclei dropped, some merged, new ids."""
+    from scipy import ndimage as ndi
+
+    p = ndi.grey_dilation(np.roll(t, (2, -3), axis=(0, 1)), size=3)
+    ids = np.unique(p)[1:]
+    p[np.isin(p, rng.choice(ids, len(ids) // 10, replace=False))] = 0
+    merge = rng.choice(ids, min(10, len(ids)), replace=False)
+    p[np.isin(p, merge)] = merge[0]
+    lut = np.concatenate([[0], rng.permutation(int(p.max())) * 5 + 11])
+    return lut[p]
+
+
+@pytest.mark.parametrize("name", ["gbm40/labels/05.png", "cpm15-train/labels/image03.png",
+                                  "monuseg-train/labels/TCGA-50-5931-01Z-00-DX1.png"])
+def test_parity_with_reference_on_real_labels(shared_data, name):
+    from nucseg.io.images import read_label
+
+    t = read_label(shared_data / name)
+    p = perturb(t, np.random.default_rng(1))
+    rt, rp = remap(t), remap(p)
+    ours = [M.aji(t, p), M.aji_plus(t, p), *[M.pq(t, p)[k] for k in ("dq", "sq", "pq")], M.dice(t, p),
+            M.pq(t, p, 0.3)["pq"]]
+    ref = [ref_aji(rt, rp), ref_aji_plus(rt, rp), *ref_pq(rt, rp), ref_dice(t, p), ref_pq(rt, rp, 0.3)[2]]
+    assert np.allclose(ours, ref, atol=1e-6, rtol=0)
