@@ -96,11 +96,12 @@ def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     relabelled, old = relabel_sequential(labels)
     if old.size == 0:
         return old, np.zeros((0, 2))
-    flat = relabelled.ravel()
-    rows, cols = np.indices(labels.shape)
-    area = np.bincount(flat, minlength=old.size + 1)[1:]
-    r = np.bincount(flat, weights=rows.ravel(), minlength=old.size + 1)[1:] / area
-    c = np.bincount(flat, weights=cols.ravel(), minlength=old.size + 1)[1:] / area
+    # per-row and per-column pixel counts of each label, from one bincount each over the foreground
+    fg = np.nonzero(relabelled)
+    lab = relabelled[fg]
+    area = np.bincount(lab, minlength=old.size + 1)[1:]
+    r = np.bincount(lab, weights=fg[0], minlength=old.size + 1)[1:] / area
+    c = np.bincount(lab, weights=fg[1], minlength=old.size + 1)[1:] / area
     return old, np.stack([r, c], axis=1)
 
 

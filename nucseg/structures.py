@@ -6,13 +6,13 @@ Nothing downstream of a reader knows about file formats; nothing downstream of a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     HE = "he"  # brightfield H&E
     IHC = "ihc"  # brightfield immunohistochemistry (DAB + hematoxylin)
     FLUORESCENCE = "fluorescence"

@@ -22,7 +22,7 @@ import nucseg
 from nucseg.data.dataset import PatchDataset, validation_samples
 from nucseg.engine.checkpoints import load_checkpoint, save_checkpoint
 from nucseg.engine.config import RunConfig, config_to_yaml
-from nucseg.engine.device import configure_malloc, default_device, resolve_precision, set_threads, autocast
+from nucseg.engine.device import autocast, configure_malloc, default_device, resolve_precision, set_threads
 from nucseg.engine.infer import Predictor, normalize
 from nucseg.io.images import write_text
 from nucseg.methods import get_method

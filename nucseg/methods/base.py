@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet",)
+_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg")
 
 
 class Method:

@@ -119,8 +119,11 @@ def pq(true, pred=None, iou_threshold: float = 0.5) -> dict[str, float]:
     return {"dq": dq, "sq": float(sq), "pq": float(dq * sq), "tp": tp, "fp": fp, "fn": fn, "iou_sum": float(piou.sum())}
 
 
-def dice(true, pred) -> float:
-    """Binary (foreground) Dice, as HoVer-Net's get_dice_1. 1.0 when both are empty."""
+def dice(true, pred=None) -> float:
+    """Binary (foreground) Dice, as HoVer-Net's get_dice_1. 1.0 when both are empty. Two maps or an `Overlap`."""
+    if isinstance(true, Overlap):
+        total = true.true_area.sum() + true.pred_area.sum()
+        return float(2.0 * true.inter.sum() / total) if total else 1.0
     t = np.asarray(true) > 0
     p = np.asarray(pred) > 0
     denom = int(t.sum()) + int(p.sum())
@@ -238,7 +241,7 @@ def instance_scores(true: np.ndarray, pred: np.ndarray, radius: float = 12.0, wi
         "_iou_sum": q["iou_sum"],
         "_fg_inter": float(ov.inter.sum()),
         "_fg_total": float(ov.true_area.sum() + ov.pred_area.sum()),
-        "dice": dice(true, pred),
+        "dice": dice(ov),
         "dq": q["dq"],
         "sq": q["sq"],
         "pq": q["pq"],

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_BUILTIN_METHOD_PACKAGES = ("nucseg.methods.unet",)
+_BUILTIN_METHOD_PACKAGES = ("nucseg.methods.unet", "nucseg.methods.weaveseg")
 
 
 def register_model(name: str, description: str) -> Callable:
