@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from nucseg.methods import get_method
-from nucseg.methods.weaveseg.modules import AGLU, ASR, LSGR, ContrastiveAttention, ICWIteration, apply_local_kernel
+from nucseg.methods.weaveseg.modules import (
+    AGLU,
+    ASR,
+    LSGR,
+    ContrastiveAttention,
+    ICWIteration,
+    apply_local_kernel,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(encoder="test_efficientnet", channels=16, context_channels=8, dense_growth=8, dense_layers=2,

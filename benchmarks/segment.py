@@ -1,0 +1,135 @@
+"""End-to-end speed and memory of `nucseg segment` on 1000×1000 H&E tiles, and training seconds per step.
+
+Each measurement runs in a fresh process (so peak memory is that process's own) on `--threads` threads:
+read the PNG, predict, post-process, write labels + overlay + GeoJSON + CSV. Reports the median over tiles after
+one warm-up tile.
+
+    python benchmarks/segment.py [--model default|RUN_DIR|CKPT] [--threads 2] [--tiles 4] [--train-steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(args) -> None:
+    import time
+
+    import torch
+
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.engine.device import configure_malloc, resolve_precision
+    from nucseg.engine.infer import Predictor
+    from nucseg.engine.segment import resolve_model
+    from nucseg.io.images import read_image
+    from nucseg.io.writers import write_outputs
+
+    configure_malloc()
+    torch.set_num_threads(args.threads)
+    method, model, cfg = build_from_checkpoint(resolve_model(args.model))
+    model = model.to(memory_format=torch.channels_last)
+    predictor = Predictor(method, model, cfg.infer, cfg.data.channels,
+                          precision=resolve_precision(args.precision, torch.device("cpu")))
+    tiles = sorted((Path(args.data) / "monuseg-train/images").glob("*.png"))[: args.tiles + 1]
+    times, stages = [], []
+    with tempfile.TemporaryDirectory() as out:
+        for path in tiles:
+            t0 = time.perf_counter()
+            image = read_image(path)
+            t1 = time.perf_counter()
+            dense = predictor.dense(image)
+            t2 = time.perf_counter()
+            inst = method.postprocess(dense)
+            t3 = time.perf_counter()
+            write_outputs(Path(out), path.stem, image, inst)
+            t4 = time.perf_counter()
+            times.append(t4 - t0)
+            stages.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+    times, stages = times[1:], stages[1:]  # drop the warm-up tile
+    mid = sorted(range(len(times)), key=lambda i: times[i])[len(times) // 2]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": times[mid], "stages": stages[mid], "peak_mb": peak_mb, "n": len(times)}))
+
+
+def train_worker(args) -> None:
+    import time
+
+    import torch
+
+    from nucseg.engine.checkpoints import load_checkpoint
+    from nucseg.engine.config import config_from_yaml
+    from nucseg.engine.device import configure_malloc
+    from nucseg.engine.segment import resolve_model
+    from nucseg.methods import get_method
+
+    configure_malloc()
+    torch.set_num_threads(args.threads)
+    cfg = config_from_yaml(load_checkpoint(resolve_model(args.model))["config"])
+    model_cfg = dict(cfg.model)
+    model_cfg.pop("encoder_weights", None)
+    method = get_method(cfg.method)(model_cfg)
+    model = method.build_model().to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    import numpy as np
+
+    from nucseg.data.synthetic import synthetic_sample
+
+    samples = [synthetic_sample(256, 40, seed=i) for i in range(cfg.train.batch_size)]
+    targets = [method.targets(s.instances) for s in samples]
+    batch = {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
+    from nucseg.engine.infer import normalize
+
+    x = normalize(torch.from_numpy(np.stack([s.image.transpose(2, 0, 1) for s in samples])))
+    x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(args.train_steps + 1):
+        t0 = time.perf_counter()
+        loss = method.loss(model(x), batch)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"step_seconds": sorted(times[1:])[len(times[1:]) // 2], "batch": cfg.train.batch_size}))
+
+
+def run(mode: str, args) -> dict:
+    cmd = [sys.executable, __file__, mode, "--model", args.model, "--threads", str(args.threads), "--tiles",
+           str(args.tiles), "--data", args.data, "--train-steps", str(args.train_steps), "--precision", args.precision]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", nargs="?", default="all", choices=["all", "segment-worker", "train-worker"])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiles", type=int, default=4)
+    ap.add_argument("--train-steps", type=int, default=5)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    args = ap.parse_args()
+    if args.mode == "segment-worker":
+        return worker(args)
+    if args.mode == "train-worker":
+        return train_worker(args)
+    seg = run("segment-worker", args)
+    read, predict, post, write = seg["stages"]
+    print(f"model {args.model}, {args.threads} threads, 1000x1000 H&E tiles (MoNuSeg), median of {seg['n']}:")
+    print(f"  end to end {seg['seconds']:.2f} s per tile (read {read:.2f}, predict {predict:.2f}, "
+          f"post-process {post:.2f}, write labels+overlay+geojson+csv {write:.2f}); peak memory {seg['peak_mb']:.0f} MB")
+    if args.train_steps:
+        tr = run("train-worker", args)
+        print(f"  training: {tr['step_seconds']:.2f} s per step of {tr['batch']}x256x256 (forward, backward, AdamW)")
+
+
+if __name__ == "__main__":
+    main()
