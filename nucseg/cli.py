@@ -31,6 +31,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from nucseg.engine.tune import tune_postprocess
+
+    tune_postprocess(args.run, args.metric)
+    print(f"wrote {Path(args.run) / 'tuned.ckpt'} (used by --model {args.run} from now on)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nucseg.engine.tune import export_checkpoint
+
+    print(f"wrote {export_checkpoint(args.src, args.dst)}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from nucseg.models import describe, list_models
 
@@ -101,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.ckpt")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("tune", help="choose post-processing thresholds on a run's validation split")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--metric", default="aji", choices=["aji", "pq"])
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("export", help="write a deployable checkpoint (weights + config) from a run or checkpoint")
+    p.add_argument("src", metavar="RUN_DIR|CKPT")
+    p.add_argument("dst", metavar="OUT.pt")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png/jpg/tif)")

@@ -30,12 +30,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, **
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt", "model.pt"):
+        for name in ("tuned.ckpt", "best.ckpt", "last.ckpt", "model.pt"):
             if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise FileNotFoundError(f"{path}: no best.ckpt, last.ckpt or model.pt in this run directory")
+            raise FileNotFoundError(f"{path}: no tuned.ckpt, best.ckpt, last.ckpt or model.pt in this run directory")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:

@@ -26,6 +26,8 @@ _BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg")
 class Method:
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    # post-processing options `nucseg tune` may choose on the validation split: {option: candidate values}
+    tunable: ClassVar[dict[str, list]] = {}
     # Dense output channels that are probabilities / values to blend across windows, by name -> channel count.
     # The engine's sliding-window inference blends `predict_dense` outputs; post-processing reads them by name.
 

@@ -115,3 +115,19 @@ def test_segment_unknown_model(tmp_path):
     from nucseg.cli import main
 
     assert main(["segment", str(tmp_path), "--model", str(tmp_path / "nope.ckpt")]) == 2
+
+
+def test_tune_and_export(trained_run, tmp_path):
+    from nucseg.cli import main
+    from nucseg.engine.checkpoints import load_checkpoint
+
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(trained_run[0], run)
+    assert main(["tune", str(run)]) == 0
+    tuned = load_checkpoint(run / "tuned.ckpt")
+    assert tuned["tuning"]["after"] >= tuned["tuning"]["before"]
+    assert main(["export", str(run), str(tmp_path / "model.pt")]) == 0
+    exported = load_checkpoint(tmp_path / "model.pt")
+    assert "optimizer" not in exported and exported["config"] == tuned["config"]

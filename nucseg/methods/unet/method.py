@@ -45,6 +45,12 @@ class UNetConfig:
 class UNetMethod(Method):
     name = "unet"
     config_class = UNetConfig
+    tunable = {
+        "marker_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
+        "interior_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+        "fg_threshold": [0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
+        "min_area": [6, 12, 20, 30],
+    }
 
     def build_model(self) -> nn.Module:
         c = self.config

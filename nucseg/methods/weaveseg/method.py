@@ -68,6 +68,12 @@ class WeaveSegConfig:
 class WeaveSegMethod(Method):
     name = "weaveseg"
     config_class = WeaveSegConfig
+    tunable = {
+        "marker_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
+        "interior_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+        "fg_threshold": [0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
+        "min_area": [6, 12, 20, 30],
+    }
 
     def build_model(self) -> nn.Module:
         c = self.config
