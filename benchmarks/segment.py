@@ -26,7 +26,7 @@ def worker(args) -> None:
     import torch
 
     from nucseg.engine.checkpoints import build_from_checkpoint
-    from nucseg.engine.device import configure_malloc, resolve_precision
+    from nucseg.engine.device import configure_malloc
     from nucseg.engine.infer import Predictor
     from nucseg.engine.segment import resolve_model
     from nucseg.io.images import read_image
@@ -36,8 +36,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     method, model, cfg = build_from_checkpoint(resolve_model(args.model))
     model = model.to(memory_format=torch.channels_last)
-    predictor = Predictor(method, model, cfg.infer, cfg.data.channels,
-                          precision=resolve_precision(args.precision, torch.device("cpu")))
+    predictor = Predictor.for_run(method, model, cfg, torch.device("cpu"), args.precision)
     tiles = sorted((Path(args.data) / "monuseg-train/images").glob("*.png"))[: args.tiles + 1]
     times, stages = [], []
     with tempfile.TemporaryDirectory() as out:

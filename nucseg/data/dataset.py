@@ -85,10 +85,22 @@ def split_ids(ids: list[str], val_fraction: float, seed: int, group_pattern: str
     return train, val
 
 
+def stain_normalizer(data_cfg: DataConfig):
+    """The configured StainNormalizer fitted on its reference image, or None."""
+    if not data_cfg.stain_norm:
+        return None
+    from nucseg.data.stain import StainNormalizer
+    from nucseg.io.images import read_image
+
+    if not data_cfg.stain_reference:
+        raise ValueError("data.stain_norm needs data.stain_reference (an RGB image to normalise to)")
+    return StainNormalizer(data_cfg.stain_norm).fit(to_uint8(read_image(data_cfg.stain_reference)))
+
+
 class LoadedSet:
     """One canonical set's split, with its images and label maps in memory."""
 
-    def __init__(self, cfg: SetConfig, root: str, data_cfg: DataConfig, split: str):
+    def __init__(self, cfg: SetConfig, root: str, data_cfg: DataConfig, split: str, normalizer=None):
         path = Path(cfg.path)
         self.path = path if path.is_absolute() else Path(root) / path
         self.name = self.path.name
@@ -102,7 +114,10 @@ class LoadedSet:
         self.samples: list[Sample] = []
         for i in chosen:
             s = read_canonical_one(self.path, i, info)
-            s.image = to_channels(to_uint8(s.image), data_cfg.channels)
+            image = to_uint8(s.image)
+            if normalizer is not None:
+                image = normalizer.transform(image)
+            s.image = to_channels(image, data_cfg.channels)
             self.samples.append(s)
         areas = np.array([s.instances.size for s in self.samples], dtype=np.float64)
         self.image_weights = areas / areas.sum() if areas.size else areas
@@ -113,7 +128,8 @@ class PatchDataset:
 
     def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train"):
         self.cfg = data_cfg
-        self.sets = [LoadedSet(s, data_cfg.root, data_cfg, split) for s in data_cfg.sets]
+        normalizer = stain_normalizer(data_cfg)
+        self.sets = [LoadedSet(s, data_cfg.root, data_cfg, split, normalizer) for s in data_cfg.sets]
         self.sets = [s for s in self.sets if s.samples]
         if not self.sets:
             raise ValueError("no training images: check data.sets and data.root")
@@ -154,8 +170,9 @@ class PatchDataset:
 def validation_samples(data_cfg: DataConfig) -> dict[str, list[Sample]]:
     """{set name: whole validation images} for model selection."""
     out = {}
+    normalizer = stain_normalizer(data_cfg)
     for s in data_cfg.sets:
-        loaded = LoadedSet(s, data_cfg.root, data_cfg, "val")
+        loaded = LoadedSet(s, data_cfg.root, data_cfg, "val", normalizer)
         if loaded.samples:
             out[loaded.name] = loaded.samples
     return out

@@ -52,12 +52,28 @@ class Predictor:
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
 
+    normalizer: object | None = None  # a fitted StainNormalizer when the model was trained with one
+
     def __post_init__(self) -> None:
         self.model.eval()
         self.weight = gaussian_window(self.cfg.window)
 
+    @classmethod
+    def for_run(cls, method: Method, model: nn.Module, cfg, device: torch.device | None = None,
+                precision: str | None = None) -> Predictor:
+        """A predictor with the run's window, channels and stain normalisation (refitted from its reference)."""
+        from nucseg.data.dataset import stain_normalizer
+        from nucseg.engine.device import default_device, resolve_precision
+
+        device = device or default_device()
+        precision = resolve_precision(precision or cfg.train.precision, device)
+        return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data))
+
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        return to_channels(to_uint8(image if image.ndim == 3 else image[..., None]), self.channels)
+        image = to_uint8(image if image.ndim == 3 else image[..., None])
+        if self.normalizer is not None:
+            image = self.normalizer.transform(image)
+        return to_channels(image, self.channels)
 
     @torch.no_grad()
     def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nucseg.engine.checkpoints import build_from_checkpoint
-from nucseg.engine.device import configure_malloc, default_device, resolve_precision, set_threads
+from nucseg.engine.device import configure_malloc, default_device, set_threads
 from nucseg.engine.infer import Predictor
 from nucseg.io.images import IMAGE_EXTENSIONS, InputError, read_image
 from nucseg.io.writers import write_outputs
@@ -65,7 +65,8 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
     if batch_size:
         infer_cfg.batch_size = batch_size
     infer_cfg.tta = tta
-    predictor = Predictor(method, net, infer_cfg, cfg.data.channels, device, resolve_precision(precision, device))
+    cfg.infer = infer_cfg
+    predictor = Predictor.for_run(method, net, cfg, device, precision)
     report = SegmentReport()
     items = files
     if progress:

@@ -63,7 +63,7 @@ class _StepSampler(torch.utils.data.Sampler):
 
 def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict[str, float]:
     """Mean AJI / PQ / Dice per validation set and over all images."""
-    predictor = Predictor(method, model, cfg.infer, cfg.data.channels, device, precision)
+    predictor = Predictor.for_run(method, model, cfg, device, precision)
     rows = []
     out: dict[str, float] = {}
     for name, samples in val_sets.items():
@@ -128,6 +128,14 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                         num_workers=cfg.train.workers, persistent_workers=cfg.train.workers > 0)
     val_sets = validation_samples(cfg.data) if rank == 0 and cfg.train.val_every > 0 else {}
 
+    tensorboard = None
+    if rank == 0:
+        try:  # TensorBoard logs when the package is installed; CSV logs always
+            from torch.utils.tensorboard import SummaryWriter
+
+            tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            pass
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -159,11 +167,18 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 row = {"step": step, "lr": lr, "seconds": round(time.time() - t0, 2)}
                 row.update({k: round(float(v.item()), 6) for k, v in losses.items()})
                 _append_csv(out_dir / "train.csv", row)
+                if tensorboard is not None:
+                    for k, v in row.items():
+                        if k not in ("step", "seconds"):
+                            tensorboard.add_scalar(f"train/{k}", v, step)
             is_val = cfg.train.val_every > 0 and (step % cfg.train.val_every == 0 or step == cfg.train.steps)
             if is_val and val_sets:
                 scores = validate(method, model, cfg, val_sets, device, precision)
                 last_scores = scores
                 _append_csv(out_dir / "val.csv", {"step": step, **{k: round(v, 5) for k, v in scores.items()}})
+                if tensorboard is not None:
+                    for k, v in scores.items():
+                        tensorboard.add_scalar(f"val/{k}", v, step)
                 if scores[cfg.train.select_metric] > best:
                     best, best_step = scores[cfg.train.select_metric], step
                     save_checkpoint(out_dir / "best.ckpt", model, cfg, step=step, scores=scores)
@@ -174,6 +189,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                                 best=best, best_step=best_step)
     if bar is not None:
         bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
     if world > 1:
         dist.barrier()
     if rank == 0 and not (out_dir / "best.ckpt").exists():

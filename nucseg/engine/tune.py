@@ -16,7 +16,7 @@ import torch
 
 from nucseg.data.dataset import validation_samples
 from nucseg.engine.checkpoints import build_from_checkpoint, load_checkpoint, save_checkpoint
-from nucseg.engine.device import configure_malloc, resolve_precision
+from nucseg.engine.device import configure_malloc
 from nucseg.engine.infer import Predictor
 from nucseg.metrics import aji, pq
 
@@ -39,8 +39,7 @@ def tune_postprocess(run: str | Path, metric: str = "aji", rounds: int = 2, log=
     source = run / "best.ckpt" if (run / "best.ckpt").is_file() else run
     method, model, cfg = build_from_checkpoint(source)
     model = model.to(memory_format=torch.channels_last)
-    predictor = Predictor(method, model, cfg.infer, cfg.data.channels,
-                          precision=resolve_precision(cfg.train.precision, torch.device("cpu")))
+    predictor = Predictor.for_run(method, model, cfg)
     val = validation_samples(cfg.data)
     if not val:
         raise ValueError(f"{run}: the run's config has no validation images to tune on")

