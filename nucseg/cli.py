@@ -91,7 +91,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     outputs = tuple("overlay" if o == "overlays" else o for o in outputs)
     report = segment_files(args.inputs, args.out, args.model, outputs, args.mpp, args.batch_size, args.threads,
-                           args.tta)
+                           args.tta, checkpoint=args.checkpoint)
     if report.rows:
         width = max(len(r["image"]) for r in report.rows)
         print(f"{'image':{width}s}  {'size':>11s}  {'nuclei':>7s}  {'seconds':>7s}")
@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png/jpg/tif)")
-    p.add_argument("--model", help="'default', a run directory or a checkpoint (.ckpt/.pt)")
+    p.add_argument("--model", help="'default', a run directory, a checkpoint (.ckpt/.pt), or a method name with "
+                   "--checkpoint")
+    p.add_argument("--checkpoint", help="trained weights for --model NAME (e.g. --model weaveseg --checkpoint best.ckpt)")
     p.add_argument("--out", default="nucseg-output", help="output folder (default nucseg-output)")
     p.add_argument("--outputs", default="labels,overlay,geojson,csv", help="comma-separated: labels,overlay,geojson,csv")
     p.add_argument("--mpp", type=float, help="microns per pixel: CSV/GeoJSON measurements in µm")

@@ -160,6 +160,17 @@ def polygons_to_instances(
     return out
 
 
+def instance_means(labels: np.ndarray, values: np.ndarray) -> dict[int, float]:
+    """{id: mean of `values` over the instance's pixels}, from two bincounts."""
+    relabelled, old = relabel_sequential(labels)
+    if old.size == 0:
+        return {}
+    flat = relabelled.ravel()
+    area = np.bincount(flat, minlength=old.size + 1)[1:]
+    total = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=old.size + 1)[1:]
+    return {int(i): float(t / a) for i, t, a in zip(old, total, area)}
+
+
 def remove_small_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Zero out instances smaller than `min_area` pixels."""
     relabelled, old = relabel_sequential(labels)

@@ -17,8 +17,16 @@ from nucseg.io.writers import write_outputs
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "default.pt"
 
 
-def resolve_model(model: str | None) -> Path:
-    """--model: omitted or 'default' -> the shipped model; a run directory or checkpoint file -> that."""
+def resolve_model(model: str | None, checkpoint: str | None = None) -> Path:
+    """--model: omitted or 'default' -> the shipped model; a run directory or checkpoint file -> that; a method name
+    with `checkpoint` -> that checkpoint, checked to belong to the method."""
+    if checkpoint is not None:
+        from nucseg.engine.checkpoints import load_checkpoint
+
+        found = load_checkpoint(checkpoint)["method"]
+        if model not in (None, "", "default") and model != found:
+            raise ValueError(f"{checkpoint}: a '{found}' checkpoint, not '{model}'")
+        return Path(checkpoint)
     if model in (None, "", "default"):
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(f"{DEFAULT_MODEL}: the shipped default model is missing from this installation")
@@ -29,7 +37,8 @@ def resolve_model(model: str | None) -> Path:
     from nucseg.methods import list_methods
 
     if model in list_methods():
-        raise ValueError(f"model '{model}' needs trained weights: pass its run directory or checkpoint to --model")
+        raise ValueError(f"model '{model}' needs trained weights: add --checkpoint CKPT, or pass a run directory or "
+                         "checkpoint to --model")
     raise FileNotFoundError(f"{model}: no such model, run directory or checkpoint")
 
 
@@ -52,13 +61,14 @@ class SegmentReport:
 
 def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = None, outputs=("labels", "overlay",
                   "geojson", "csv"), mpp: float | None = None, batch_size: int | None = None, threads: int = 0,
-                  tta: bool = False, precision: str = "auto", progress: bool = True) -> SegmentReport:
+                  tta: bool = False, precision: str = "auto", progress: bool = True,
+                  checkpoint: str | None = None) -> SegmentReport:
     configure_malloc()
     set_threads(threads)
     files = collect_inputs(inputs)
     if not files:
         raise ValueError("no input images (png/jpg/tif) found")
-    method, net, cfg = build_from_checkpoint(resolve_model(model))
+    method, net, cfg = build_from_checkpoint(resolve_model(model, checkpoint))
     device = default_device()
     net = net.to(device).to(memory_format=torch.channels_last)
     infer_cfg = cfg.infer

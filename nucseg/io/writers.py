@@ -19,8 +19,10 @@ OUTPUT_KINDS = ("labels", "overlay", "geojson", "csv")
 def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | None = None,
                   properties: dict[str, np.ndarray] | None = None) -> Path:
     """A FeatureCollection with one Polygon 'detection' per nucleus, as QuPath 0.5/0.6 import it
-    (File > Import objects): classification {name, color} and a flat measurements dict. Vertices use QuPath's
-    pixel-corner convention (+0.5)."""
+    (File > Import objects): a UUID id (QuPath parses ids as UUIDs), classification {name, color} and a flat
+    measurements dict. Vertices use QuPath's pixel-corner convention (+0.5)."""
+    import uuid
+
     from nucseg.viz import class_colour
 
     polys = instances_to_polygons(inst.labels)
@@ -41,7 +43,8 @@ def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | Non
             props["classification"] = {"name": name, "color": list(class_colour(cls))}
         if i in inst.scores:
             props["measurements"]["probability"] = float(inst.scores[i])
-        features.append({"type": "Feature", "id": f"nucleus-{i}", "geometry": {"type": "Polygon", "coordinates": [ring]},
+        uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"nucseg/{Path(path).stem}/{i}"))
+        features.append({"type": "Feature", "id": uid, "geometry": {"type": "Polygon", "coordinates": [ring]},
                          "properties": props})
     return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
 

@@ -145,3 +145,9 @@ def test_segment_with_weaveseg_run_dir(synthetic_set, tmp_path):
     assert main(["segment", str(tmp_path / "in"), "--model", str(tmp_path / "run"), "--out", str(tmp_path / "o"),
                  "--outputs", "labels"]) == 0
     assert (tmp_path / "o/labels/x.png").is_file()
+    ckpt = str(tmp_path / "run/last.ckpt")
+    assert main(["segment", str(tmp_path / "in"), "--model", "weaveseg", "--checkpoint", ckpt, "--out",
+                 str(tmp_path / "o2"), "--outputs", "csv"]) == 0
+    assert main(["segment", str(tmp_path / "in"), "--model", "unet", "--checkpoint", ckpt, "--out",
+                 str(tmp_path / "o3")]) == 2  # a WeaveSeg checkpoint is not a U-Net
+    assert main(["segment", str(tmp_path / "in"), "--model", "weaveseg", "--out", str(tmp_path / "o4")]) == 2

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nucseg.labels import instance_means
 from nucseg.losses import soft_dice_loss
 from nucseg.methods.base import Method, register_method
 from nucseg.methods.unet.model import UNet
@@ -83,4 +84,4 @@ class UNetMethod(Method):
         fg = (prob[1] + prob[2]) > c.fg_threshold
         markers = (dist > c.marker_threshold) & (prob[1] > c.interior_threshold)
         labels = marker_watershed(fg, markers, -dist, c.min_area, c.min_marker_area)
-        return Instances(labels)
+        return Instances(labels, scores=instance_means(labels, prob[1] + prob[2]))

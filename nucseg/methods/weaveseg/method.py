@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nucseg.labels import instance_means
 from nucseg.methods.base import Method, register_method
 from nucseg.methods.weaveseg.model import WeaveSegNet
 from nucseg.methods.weaveseg.targets import certain_regions, uncertainty_map
@@ -122,4 +123,5 @@ class WeaveSegMethod(Method):
         dist = dense["distance"][0]
         markers = interior & (dist > c.marker_threshold) if c.weight_distance > 0 else interior
         elevation = -dist if c.weight_distance > 0 else -dense["tri"][1]
-        return Instances(marker_watershed(fg, markers, elevation, c.min_area, c.min_marker_area))
+        labels = marker_watershed(fg, markers, elevation, c.min_area, c.min_marker_area)
+        return Instances(labels, scores=instance_means(labels, dense["mask"][0]))
