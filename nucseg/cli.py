@@ -91,7 +91,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     outputs = tuple("overlay" if o == "overlays" else o for o in outputs)
     report = segment_files(args.inputs, args.out, args.model, outputs, args.mpp, args.batch_size, args.threads,
-                           args.tta, checkpoint=args.checkpoint)
+                           args.tta, precision=args.precision, checkpoint=args.checkpoint)
     if report.rows:
         width = max(len(r["image"]) for r in report.rows)
         print(f"{'image':{width}s}  {'size':>11s}  {'nuclei':>7s}  {'seconds':>7s}")
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
     p.add_argument("--tta", action="store_true", help="average over flips (slower, slightly more accurate)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 on CUDA and on CPUs with AMX, else fp32")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")

@@ -1,5 +1,10 @@
 """Post-processing from dense network outputs to instances (numpy only)."""
 
-from nucseg.postprocess.watershed import marker_watershed
+from nucseg.postprocess.watershed import (
+    WATERSHED_GRID,
+    WatershedOptions,
+    instances_from_maps,
+    marker_watershed,
+)
 
-__all__ = ["marker_watershed"]
+__all__ = ["WATERSHED_GRID", "WatershedOptions", "instances_from_maps", "marker_watershed"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
@@ -32,3 +34,36 @@ def marker_watershed(
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     labels = remove_small_instances(labels.astype(np.int32), min_area)
     return labels.astype(np.int32)
+
+
+@dataclass
+class WatershedOptions:
+    """Post-processing options shared by methods that predict foreground, interior and distance maps."""
+
+    fg_threshold: float = 0.5
+    interior_threshold: float = 0.5
+    marker_threshold: float = 0.45
+    min_area: int = 12
+    min_marker_area: int = 4
+
+
+# the candidates `nucseg tune` tries for these options
+WATERSHED_GRID: dict[str, list] = {
+    "marker_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
+    "interior_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "fg_threshold": [0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
+    "min_area": [6, 12, 20, 30],
+}
+
+
+def instances_from_maps(foreground: np.ndarray, interior: np.ndarray, distance: np.ndarray | None,
+                        opts: WatershedOptions) -> np.ndarray:
+    """Instances from foreground / interior probabilities and (optionally) a per-nucleus distance map.
+
+    Seeds are confident cores (distance > marker_threshold and interior > interior_threshold; interior alone without
+    a distance map), grown over -distance (or -interior) within foreground > fg_threshold."""
+    fg = foreground > opts.fg_threshold
+    core = interior > opts.interior_threshold
+    markers = core & (distance > opts.marker_threshold) if distance is not None else core
+    elevation = -distance if distance is not None else -interior
+    return marker_watershed(fg, markers, elevation, opts.min_area, opts.min_marker_area)

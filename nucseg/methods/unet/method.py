@@ -19,13 +19,13 @@ from nucseg.labels import instance_means
 from nucseg.losses import soft_dice_loss
 from nucseg.methods.base import Method, register_method
 from nucseg.methods.unet.model import UNet
-from nucseg.postprocess import marker_watershed
+from nucseg.postprocess import WATERSHED_GRID, WatershedOptions, instances_from_maps
 from nucseg.structures import Instances
 from nucseg.targets import distance_map, three_class
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(WatershedOptions):
     encoder: str = "efficientnet_lite0"
     encoder_weights: str | None = None  # a path, or "efficientnet-lite0-imagenet" (pip package)
     in_channels: int = 3
@@ -35,23 +35,13 @@ class UNetConfig:
     weight_ce: float = 1.0
     weight_dice: float = 1.0
     weight_distance: float = 2.0
-    fg_threshold: float = 0.5
-    interior_threshold: float = 0.5
-    marker_threshold: float = 0.45
-    min_area: int = 12
-    min_marker_area: int = 4
 
 
 @register_method
 class UNetMethod(Method):
     name = "unet"
     config_class = UNetConfig
-    tunable = {
-        "marker_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
-        "interior_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
-        "fg_threshold": [0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
-        "min_area": [6, 12, 20, 30],
-    }
+    tunable = WATERSHED_GRID
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -79,9 +69,7 @@ class UNetMethod(Method):
         return {"prob": out["logits"].float().softmax(1), "distance": torch.sigmoid(out["distance"].float())}
 
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
-        c = self.config
-        prob, dist = dense["prob"], dense["distance"][0]
-        fg = (prob[1] + prob[2]) > c.fg_threshold
-        markers = (dist > c.marker_threshold) & (prob[1] > c.interior_threshold)
-        labels = marker_watershed(fg, markers, -dist, c.min_area, c.min_marker_area)
-        return Instances(labels, scores=instance_means(labels, prob[1] + prob[2]))
+        prob = dense["prob"]
+        foreground = prob[1] + prob[2]
+        labels = instances_from_maps(foreground, prob[1], dense["distance"][0], self.config)
+        return Instances(labels, scores=instance_means(labels, foreground))

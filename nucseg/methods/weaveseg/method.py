@@ -23,13 +23,13 @@ from nucseg.labels import instance_means
 from nucseg.methods.base import Method, register_method
 from nucseg.methods.weaveseg.model import WeaveSegNet
 from nucseg.methods.weaveseg.targets import certain_regions, uncertainty_map
-from nucseg.postprocess import marker_watershed
+from nucseg.postprocess import WATERSHED_GRID, WatershedOptions, instances_from_maps
 from nucseg.structures import Instances
 from nucseg.targets import distance_map, three_class
 
 
 @dataclass
-class WeaveSegConfig:
+class WeaveSegConfig(WatershedOptions):
     encoder: str = "efficientnet_lite0"
     encoder_weights: str | None = None  # ImageNet-style weights: a path, or "efficientnet-lite0-imagenet"
     in_channels: int = 3
@@ -57,24 +57,13 @@ class WeaveSegConfig:
     weight_tri: float = 0.3
     weight_uncertainty: float = 1.0
     weight_distance: float = 1.0
-    # post-processing
-    fg_threshold: float = 0.5
-    interior_threshold: float = 0.5
-    marker_threshold: float = 0.45
-    min_area: int = 12
-    min_marker_area: int = 4
 
 
 @register_method
 class WeaveSegMethod(Method):
     name = "weaveseg"
     config_class = WeaveSegConfig
-    tunable = {
-        "marker_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
-        "interior_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
-        "fg_threshold": [0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
-        "min_area": [6, 12, 20, 30],
-    }
+    tunable = WATERSHED_GRID
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -117,11 +106,6 @@ class WeaveSegMethod(Method):
                 "uncertainty": torch.sigmoid(out["uncertainty"].float())}
 
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
-        c = self.config
-        fg = dense["mask"][0] > c.fg_threshold
-        interior = dense["tri"][1] > c.interior_threshold
-        dist = dense["distance"][0]
-        markers = interior & (dist > c.marker_threshold) if c.weight_distance > 0 else interior
-        elevation = -dist if c.weight_distance > 0 else -dense["tri"][1]
-        labels = marker_watershed(fg, markers, elevation, c.min_area, c.min_marker_area)
+        distance = dense["distance"][0] if self.config.weight_distance > 0 else None
+        labels = instances_from_maps(dense["mask"][0], dense["tri"][1], distance, self.config)
         return Instances(labels, scores=instance_means(labels, dense["mask"][0]))
