@@ -17,7 +17,7 @@ import numpy as np
 from nucseg.io.images import InputError, read_label, write_text
 from nucseg.labels import class_map_to_instance_classes
 from nucseg.metrics.instance import instance_scores
-from nucseg.metrics.typed import TypedAccumulator
+from nucseg.metrics.typed import TypedAccumulator, nanmean
 
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".mat")
 MAIN_COLUMNS = ("aji", "aji_plus", "dice", "dq", "sq", "pq", "f1_det", "hausdorff")
@@ -50,11 +50,6 @@ def read_tissues(path: Path) -> dict[str, str]:
     if rows and rows[0][0].lower() in ("stem", "image", "id", "name"):
         rows = rows[1:]
     return {r[0]: r[1] for r in rows if len(r) >= 2}
-
-
-def _nanmean(values) -> float:
-    arr = np.array([v for v in values if v is not None], dtype=np.float64)
-    return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
 
 
 def evaluate_folders(true_dir, pred_dir, true_types=None, pred_types=None, tissue_file=None,
@@ -120,7 +115,7 @@ def _public(row: dict) -> dict:
 def summarize(per_image: dict[str, dict]) -> dict:
     rows = list(per_image.values())
     keys = [k for k in rows[0] if not k.startswith("_")] if rows else []
-    mean = {k: _nanmean(r.get(k) for r in rows) for k in keys}
+    mean = {k: nanmean([r.get(k) for r in rows]) for k in keys}
     s = {k: sum(r[k] for r in rows) for k in rows[0] if k.startswith("_")} if rows else {}
     pooled = {}
     if rows:

@@ -86,8 +86,8 @@ class TypedAccumulator:
         mpq_t, bpq_t = [], []
         for tissue in tissues:
             stems = [s for s, t in self._tissue.items() if t == tissue]
-            mpq_t.append(_nanmean([self.per_image[s]["mpq"] for s in stems]))
-            bpq_t.append(_nanmean([self.per_image[s]["bpq"] for s in stems]))
+            mpq_t.append(nanmean([self.per_image[s]["mpq"] for s in stems]))
+            bpq_t.append(nanmean([self.per_image[s]["bpq"] for s in stems]))
             out.setdefault("per_tissue", {})[tissue] = {"mpq": mpq_t[-1], "bpq": bpq_t[-1]}
         out["mpq"] = float(np.mean(mpq_t)) if mpq_t else float("nan")
         out["bpq"] = float(np.mean(bpq_t)) if bpq_t else float("nan")
@@ -133,8 +133,9 @@ def _hovernet_type_f1(pt, pp, ut, up, c, w=(2, 2, 1, 1)) -> float:
     return 2 * (tp_dt + tn_dt) / denom if denom else float("nan")
 
 
-def _nanmean(values) -> float:
-    arr = np.asarray(values, dtype=np.float64)
+def nanmean(values) -> float:
+    """Mean ignoring NaN and None; NaN when nothing is left."""
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
 
 
