@@ -184,43 +184,68 @@ def instance_properties(
     labels: np.ndarray,
     image: np.ndarray | None = None,
     mpp: float | None = None,
+    polygons: dict[int, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-nucleus measurements as columns: id, centroid_x/y, area, perimeter, eccentricity, solidity,
     major/minor axis length, orientation and mean intensity per channel. Lengths and areas are in µm / µm² when
-    `mpp` (microns per pixel) is given, else in pixels."""
-    from skimage.measure import regionprops_table
+    `mpp` (microns per pixel) is given, else in pixels.
+
+    Area, centroid, axes, eccentricity and orientation come from pixel moments (bincounts over the image, the
+    definitions of skimage's regionprops: axes are 4·sqrt of the covariance eigenvalues, orientation is the angle
+    between the row axis and the major axis). Perimeter is the length of the outer contour through the boundary
+    pixels' centres; solidity is area / convex-hull area, the hull's pixel area estimated from its polygon as
+    area + perimeter / 2 + 1 (Pick's theorem). Pass `polygons` (from `instances_to_polygons`) to reuse them.
+    """
+    import cv2
 
     relabelled, old = relabel_sequential(labels)
-    props = [
-        "label",
-        "centroid",
-        "area",
-        "perimeter",
-        "eccentricity",
-        "solidity",
-        "axis_major_length",
-        "axis_minor_length",
-        "orientation",
-    ]
-    intensity = None
-    if image is not None:
-        intensity = image if image.ndim == 3 else image[..., None]
-        props.append("intensity_mean")
-    table = regionprops_table(relabelled, intensity_image=intensity, properties=props)
+    n = old.size
+    if polygons is None:
+        polygons = instances_to_polygons(labels)
+    rr, cc = np.nonzero(relabelled)
+    lab = relabelled[rr, cc]
+    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    safe = np.maximum(area, 1)
+
+    def mean_of(values):
+        return np.bincount(lab, weights=values, minlength=n + 1)[1:] / safe
+
+    r_mean, c_mean = mean_of(rr.astype(np.float64)), mean_of(cc.astype(np.float64))
+    dr = rr - r_mean[lab - 1]
+    dc = cc - c_mean[lab - 1]
+    a, b, c = mean_of(dr * dr), mean_of(dr * dc), mean_of(dc * dc)  # covariance of (row, col)
+    root = np.sqrt(((a - c) / 2) ** 2 + b**2)
+    l1, l2 = (a + c) / 2 + root, np.maximum((a + c) / 2 - root, 0)
+    major, minor = 4 * np.sqrt(l1), 4 * np.sqrt(l2)
+    ecc = np.sqrt(1 - l2 / np.where(l1 > 0, l1, 1))
+    # skimage: inertia tensor [[var_c, -cov], [-cov, var_r]], orientation = 0.5·atan2(2·cov, var_r - var_c)
+    orientation = np.where(a == c, np.where(b > 0, -np.pi / 4, np.pi / 4), 0.5 * np.arctan2(2 * b, a - c))
+    perimeter = np.zeros(n)
+    solidity = np.ones(n)
+    for k, i in enumerate(old):
+        poly = polygons.get(int(i))
+        if poly is None or len(poly) < 3:
+            continue
+        pts = poly.astype(np.float32).reshape(-1, 1, 2)
+        perimeter[k] = cv2.arcLength(pts, True)
+        hull = cv2.convexHull(pts)
+        hull_px = cv2.contourArea(hull) + cv2.arcLength(hull, True) / 2 + 1
+        solidity[k] = min(area[k] / hull_px, 1.0)
     scale = 1.0 if mpp is None else float(mpp)
     out = {
-        "id": old[np.asarray(table["label"], dtype=np.int64) - 1] if old.size else np.zeros(0, np.int64),
-        "centroid_x": np.asarray(table["centroid-1"]) * scale,
-        "centroid_y": np.asarray(table["centroid-0"]) * scale,
-        "area": np.asarray(table["area"]) * scale**2,
-        "perimeter": np.asarray(table["perimeter"]) * scale,
-        "eccentricity": np.asarray(table["eccentricity"]),
-        "solidity": np.asarray(table["solidity"]),
-        "major_axis_length": np.asarray(table["axis_major_length"]) * scale,
-        "minor_axis_length": np.asarray(table["axis_minor_length"]) * scale,
-        "orientation": np.asarray(table["orientation"]),
+        "id": old.astype(np.int64),
+        "centroid_x": c_mean * scale,
+        "centroid_y": r_mean * scale,
+        "area": area * scale**2,
+        "perimeter": perimeter * scale,
+        "eccentricity": ecc,
+        "solidity": solidity,
+        "major_axis_length": major * scale,
+        "minor_axis_length": minor * scale,
+        "orientation": orientation,
     }
-    if intensity is not None:
-        for c in range(intensity.shape[-1]):
-            out[f"mean_intensity_{c}"] = np.asarray(table[f"intensity_mean-{c}"])
+    if image is not None:
+        img = image if image.ndim == 3 else image[..., None]
+        for ch in range(img.shape[-1]):
+            out[f"mean_intensity_{ch}"] = mean_of(img[rr, cc, ch].astype(np.float64))
     return out

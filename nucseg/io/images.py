@@ -157,7 +157,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
         else:
             if arr.dtype == np.uint16 and arr.ndim == 3:
                 arr = (arr >> 8).astype(np.uint8)  # Pillow cannot write 16-bit RGB PNG
-            Image.fromarray(arr).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+            fmt = Image.registered_extensions()[path.suffix.lower()]
+            # PNG level 1: several times faster than the default 6, files ~20 % larger
+            Image.fromarray(arr).save(tmp, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
     return path
 
 
@@ -175,7 +177,7 @@ def write_label(path: str | os.PathLike, labels: np.ndarray) -> Path:
     from PIL import Image
 
     with atomic_path(path.with_suffix(".png")) as tmp:
-        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG")
+        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG", compress_level=1)
     return path.with_suffix(".png")
 
 

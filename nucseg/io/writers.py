@@ -17,7 +17,8 @@ OUTPUT_KINDS = ("labels", "overlay", "geojson", "csv")
 
 
 def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | None = None,
-                  properties: dict[str, np.ndarray] | None = None) -> Path:
+                  properties: dict[str, np.ndarray] | None = None,
+                  polygons: dict[int, np.ndarray] | None = None) -> Path:
     """A FeatureCollection with one Polygon 'detection' per nucleus, as QuPath 0.5/0.6 import it
     (File > Import objects): a UUID id (QuPath parses ids as UUIDs), classification {name, color} and a flat
     measurements dict. Vertices use QuPath's pixel-corner convention (+0.5)."""
@@ -25,7 +26,7 @@ def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | Non
 
     from nucseg.viz import class_colour
 
-    polys = instances_to_polygons(inst.labels)
+    polys = instances_to_polygons(inst.labels) if polygons is None else polygons
     rows = {}
     if properties is not None:
         for k, i in enumerate(properties["id"]):
@@ -94,16 +95,17 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, inst: Instances, 
         raise ValueError(f"unknown output kind(s) {sorted(unknown)} (known: {', '.join(OUTPUT_KINDS)})")
     out_dir = Path(out_dir)
     written = {}
-    props = None
+    props = polygons = None
     if "csv" in kinds or "geojson" in kinds:
-        props = instance_properties(inst.labels, image, mpp)
+        polygons = instances_to_polygons(inst.labels)  # traced once, for measurements and GeoJSON
+        props = instance_properties(inst.labels, image, mpp, polygons)
     if "labels" in kinds:
         written["labels"] = write_label(out_dir / "labels" / f"{stem}.png", inst.labels)
     if "overlay" in kinds:
         written["overlay"] = write_image(out_dir / "overlays" / f"{stem}.png",
                                          overlay_contours(image, inst.labels, inst.classes))
     if "geojson" in kinds:
-        written["geojson"] = write_geojson(out_dir / "geojson" / f"{stem}.geojson", inst, class_names, props)
+        written["geojson"] = write_geojson(out_dir / "geojson" / f"{stem}.geojson", inst, class_names, props, polygons)
     if "csv" in kinds:
         written["csv"] = write_csv(out_dir / "csv" / f"{stem}.csv", inst, props, class_names)
     return written
