@@ -61,7 +61,9 @@ def test_fast_properties_agree_with_skimage():
         assert np.isclose(props["major_axis_length"][k], r.axis_major_length, rtol=1e-6)
         assert np.isclose(props["minor_axis_length"][k], r.axis_minor_length, rtol=1e-6, atol=1e-6)
         assert np.isclose(props["eccentricity"][k], r.eccentricity, atol=1e-6)
-        assert np.isclose(props["orientation"][k], r.orientation, atol=1e-6)
+        # equal row / column variance is a tie skimage breaks by float rounding: ±π/4 are both right there
+        o, ro = props["orientation"][k], r.orientation
+        assert np.isclose(o, ro, atol=1e-6) or np.isclose(abs(o), np.pi / 4) and np.isclose(abs(ro), np.pi / 4)
         assert np.isclose(props["mean_intensity_0"][k], r.intensity_mean[0])
         if ndi.label(r.image)[1] == 1:  # an ellipse cut in two by a later one has a hull over both parts
             assert abs(props["solidity"][k] - r.solidity) < 0.06
