@@ -14,8 +14,3 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, classes=(1,), eps: 
         inter = (p * t).sum()
         losses.append(1 - (2 * inter + eps) / (p.sum() + t.sum() + eps))
     return torch.stack(losses).mean()
-
-
-def binary_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    inter = (prob * target).sum()
-    return 1 - (2 * inter + eps) / (prob.sum() + target.sum() + eps)

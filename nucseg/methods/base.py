@@ -28,8 +28,6 @@ class Method:
     config_class: ClassVar[type] = object
     # post-processing options `nucseg tune` may choose on the validation split: {option: candidate values}
     tunable: ClassVar[dict[str, list]] = {}
-    # Dense output channels that are probabilities / values to blend across windows, by name -> channel count.
-    # The engine's sliding-window inference blends `predict_dense` outputs; post-processing reads them by name.
 
     def __init__(self, config: Any = None, **overrides):
         base = OmegaConf.structured(self.config_class)
@@ -54,10 +52,6 @@ class Method:
 
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
         raise NotImplementedError
-
-    @property
-    def in_channels(self) -> int:
-        return int(getattr(self.config, "in_channels", 3))
 
 
 def register_method(cls: type[Method]) -> type[Method]:

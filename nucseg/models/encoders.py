@@ -38,11 +38,13 @@ def packaged_weights_path(name: str) -> Path:
 
 def remap_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a state dict onto another architecture's key names when both list the same tensors in the same order
-    (e.g. efficientnet_pytorch -> timm). Fails loudly if any shape disagrees."""
+    (e.g. efficientnet_pytorch -> timm). The target may be a prefix of the source (a features_only backbone drops
+    the last layers). BatchNorm counters are skipped. Fails loudly if any shape disagrees."""
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
-    dst = [k for k, v in target.items() if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst):
-        raise ValueError(f"cannot remap weights: {len(src)} tensors vs {len(dst)} expected")
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) < len(dst):
+        raise ValueError(f"cannot remap weights: {len(src)} tensors for {len(dst)} expected")
+    src = src[: len(dst)]
     out = {}
     for (sk, sv), dk in zip(src, dst):
         if tuple(sv.shape) != tuple(target[dk].shape):
@@ -61,11 +63,9 @@ def load_encoder_weights(model: nn.Module, weights: str | Path) -> None:
         state = state["state_dict"]
     target = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(("classifier", "fc.", "_fc", "head"))}
-    if not set(target).issubset(state):
-        full = {k: v for k, v in state.items()}
-        # features_only models drop the last conv/bn; compare against the prefix of the source
-        trimmed = dict(list(full.items())[: len(target)])
-        state = remap_by_position(trimmed, target) if not set(target).issubset(trimmed) else trimmed
+    if not {k for k in target if not k.endswith("num_batches_tracked")}.issubset(state):
+        state = remap_by_position(state, target)  # other key names, same layers in the same order
+    # BatchNorm fills in a missing num_batches_tracked itself; any other missing tensor is an error
     missing, _ = model.load_state_dict({k: state[k] for k in target if k in state}, strict=False)
     if missing:
         raise ValueError(f"{path}: weights do not cover {len(missing)} encoder tensors (e.g. {missing[:3]})")
