@@ -29,8 +29,8 @@ from nucseg.methods import get_method
 from nucseg.metrics import aji, dice, pq
 
 
-def lr_at(step: int, cfg) -> float:
-    """Learning rate at `step` (0-based) for the schedules the papers use, with linear warm-up."""
+def lr_at(step: int, cfg, total_steps: int) -> float:
+    """Learning rate at `step` (0-based) of `total_steps`, for the schedules the papers use, with linear warm-up."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
@@ -40,7 +40,7 @@ def lr_at(step: int, cfg) -> float:
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(step >= m for m in cfg.milestones)
     if cfg.schedule == "cosine":
-        total = max(getattr(cfg, "_total_steps", 1) - cfg.warmup_steps, 1)
+        total = max(total_steps - cfg.warmup_steps, 1)
         t = min(max(step - cfg.warmup_steps, 0) / total, 1.0)
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
     raise ValueError(f"unknown schedule '{cfg.schedule}'")
@@ -110,7 +110,6 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     model = method.build_model().to(device).to(memory_format=torch.channels_last)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
     optimizer = opt_cls(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    cfg.optim._total_steps = cfg.train.steps  # type: ignore[attr-defined]
     start_step, best, best_step = 0, -math.inf, -1
     if resume and (out_dir / "last.ckpt").is_file():
         ckpt = load_checkpoint(out_dir / "last.ckpt")
@@ -145,7 +144,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     step, t0 = start_step, time.time()
     last_scores: dict = {}
     for batch in loader:
-        lr = lr_at(step, cfg.optim)
+        lr = lr_at(step, cfg.optim, cfg.train.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = normalize(batch.pop("image").to(device)).contiguous(memory_format=torch.channels_last)

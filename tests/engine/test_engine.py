@@ -131,3 +131,15 @@ def test_tune_and_export(trained_run, tmp_path):
     assert main(["export", str(run), str(tmp_path / "model.pt")]) == 0
     exported = load_checkpoint(tmp_path / "model.pt")
     assert "optimizer" not in exported and exported["config"] == tuned["config"]
+
+
+def test_learning_rate_schedules():
+    from nucseg.engine.config import OptimConfig
+    from nucseg.engine.train import lr_at
+
+    step = OptimConfig(name="adam", lr=1e-4, schedule="step", step_size=25, gamma=0.1, warmup_steps=0)
+    assert [lr_at(s, step, 100) for s in (0, 24, 25, 99)] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-7])
+    multi = OptimConfig(lr=1e-3, schedule="multistep", milestones=[10, 20], warmup_steps=5)
+    assert lr_at(0, multi, 30) == pytest.approx(2e-4) and lr_at(15, multi, 30) == pytest.approx(1e-4)
+    cos = OptimConfig(lr=1.0, schedule="cosine", warmup_steps=0, min_lr_ratio=0.0)
+    assert lr_at(0, cos, 100) == pytest.approx(1.0) and lr_at(50, cos, 100) == pytest.approx(0.5)
