@@ -34,6 +34,8 @@ def relabel_sequential(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = instance_ids(labels)
     if ids.size == 0:
         return np.zeros(labels.shape, np.int32), ids
+    if ids[-1] == ids.size:  # already 1..N: nothing to map
+        return labels.astype(np.int32, copy=False), ids
     if ids[-1] < _DENSE_ID_LIMIT:
         lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
         lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)

@@ -32,9 +32,22 @@ def max_weight_matching(
         graph = coo_matrix((np.ones(rest.size), (pt_r, pp_r + n_true)), shape=(n_true + n_pred,) * 2)
         _, comp = connected_components(graph, directed=False)
         pair_comp = comp[pt_r]
+        # Stars (one true or one prediction in the component): the best pair is the optimum. Vectorised.
+        n_comp = int(comp.max()) + 1
+        trues_in = np.bincount(comp[np.unique(pt_r)], minlength=n_comp)
+        preds_in = np.bincount(comp[np.unique(pp_r) + n_true], minlength=n_comp)
+        star = (trues_in[pair_comp] == 1) | (preds_in[pair_comp] == 1)
+        if star.any():
+            s_idx = np.flatnonzero(star)
+            order = np.lexsort((-w_r[s_idx], pair_comp[s_idx]))
+            first = np.ones(order.size, bool)
+            first[1:] = pair_comp[s_idx][order][1:] != pair_comp[s_idx][order][:-1]
+            chosen.append(keep[rest[s_idx[order[first]]]])
+        general = np.flatnonzero(~star)
+        pt_r, pp_r, w_r, pair_comp, rest = pt_r[general], pp_r[general], w_r[general], pair_comp[general], rest[general]
         order = np.argsort(pair_comp, kind="stable")
         bounds = np.flatnonzero(np.diff(pair_comp[order])) + 1
-        for group in np.split(order, bounds):
+        for group in np.split(order, bounds) if order.size else []:
             rows, row_idx = np.unique(pt_r[group], return_inverse=True)
             cols, col_idx = np.unique(pp_r[group], return_inverse=True)
             cost = np.zeros((rows.size, cols.size))

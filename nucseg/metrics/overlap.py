@@ -68,9 +68,12 @@ def compute_overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
         table = np.bincount(codes, minlength=cells).reshape(n_t + 1, width)
         true_area = table[1:].sum(axis=1).astype(np.float64)
         pred_area = table[:, 1:].sum(axis=0).astype(np.float64)
-        inner = table[1:, 1:]
-        pt, pp = np.nonzero(inner)
-        inter = inner[pt, pp].astype(np.float64)
+        flat = table.ravel()
+        idx = np.flatnonzero(flat)  # on the contiguous table: much faster than nonzero of a strided view
+        pt, pp = np.divmod(idx, width)
+        keep = (pt > 0) & (pp > 0)
+        pt, pp = pt[keep] - 1, pp[keep] - 1
+        inter = flat[idx[keep]].astype(np.float64)
     else:
         true_area = np.bincount(t.ravel(), minlength=n_t + 1)[1:].astype(np.float64)
         pred_area = np.bincount(p.ravel(), minlength=n_p + 1)[1:].astype(np.float64)
