@@ -8,6 +8,7 @@ method's post-processing, nucseg.metrics), logs and writes checkpoints.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -107,6 +108,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     out_dir.mkdir(parents=True, exist_ok=True)
 
     method = get_method(cfg.method)(cfg.model)
+    cfg.model = dataclasses.asdict(method.config)  # the run directory keeps the resolved method config
     model = method.build_model().to(device).to(memory_format=torch.channels_last)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
     optimizer = opt_cls(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
