@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,16 +84,35 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         from tqdm import tqdm
 
         items = tqdm(files, desc="segment", unit="image")
-    for path in items:
+
+    def collect(job) -> None:
+        path, future, row = job
         try:
-            t0 = time.perf_counter()
-            image = read_image(path)
-            inst = predictor.segment(image)
-            write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp)
-            report.rows.append({"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}",
-                                "nuclei": len(inst), "seconds": time.perf_counter() - t0})
-        except InputError as exc:
-            report.failed.append((str(path), exc.problem))
-        except Exception as exc:  # keep going: report which image failed and why
-            report.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
+            future.result()
+            report.rows.append(row)
+        except Exception as exc:
+            report.failed.append((str(path), f"writing outputs failed: {type(exc).__name__}: {exc}"))
+
+    # Outputs are written on a background thread while the next image is predicted (PNG encoding, OpenCV and
+    # torch release the GIL), one image in flight at a time so memory stays bounded.
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for path in items:
+            try:
+                t0 = time.perf_counter()
+                image = read_image(path)
+                inst = predictor.segment(image)
+            except InputError as exc:
+                report.failed.append((str(path), exc.problem))
+                continue
+            except Exception as exc:  # keep going: report which image failed and why
+                report.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
+                continue
+            if pending is not None:
+                collect(pending)
+            row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "nuclei": len(inst),
+                   "seconds": time.perf_counter() - t0}
+            pending = (path, writer.submit(write_outputs, Path(out_dir), path.stem, image, inst, outputs, mpp), row)
+        if pending is not None:
+            collect(pending)
     return report
