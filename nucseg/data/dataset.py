@@ -129,11 +129,12 @@ class PatchDataset:
     def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train"):
         self.cfg = data_cfg
         normalizer = stain_normalizer(data_cfg)
-        self.sets = [LoadedSet(s, data_cfg.root, data_cfg, split, normalizer) for s in data_cfg.sets]
-        self.sets = [s for s in self.sets if s.samples]
-        if not self.sets:
+        loaded = [(LoadedSet(s, data_cfg.root, data_cfg, split, normalizer), s.weight) for s in data_cfg.sets]
+        loaded = [(ds, w) for ds, w in loaded if ds.samples]  # a set whose split is empty takes no share
+        if not loaded:
             raise ValueError("no training images: check data.sets and data.root")
-        weights = np.array([c.weight for c, s in zip(data_cfg.sets, self.sets)], dtype=np.float64)
+        self.sets = [ds for ds, _ in loaded]
+        weights = np.array([w for _, w in loaded], dtype=np.float64)
         self.set_weights = weights / weights.sum()
         self.targets_fn = targets_fn
         self.length = length

@@ -72,11 +72,9 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
     method, net, cfg = build_from_checkpoint(resolve_model(model, checkpoint))
     device = default_device()
     net = net.to(device).to(memory_format=torch.channels_last)
-    infer_cfg = cfg.infer
     if batch_size:
-        infer_cfg.batch_size = batch_size
-    infer_cfg.tta = tta
-    cfg.infer = infer_cfg
+        cfg.infer.batch_size = batch_size
+    cfg.infer.tta = tta
     predictor = Predictor.for_run(method, net, cfg, device, precision)
     report = SegmentReport()
     items = files

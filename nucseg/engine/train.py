@@ -27,7 +27,7 @@ from nucseg.engine.device import autocast, configure_malloc, default_device, res
 from nucseg.engine.infer import Predictor, normalize
 from nucseg.io.images import write_text
 from nucseg.methods import get_method
-from nucseg.metrics import aji, dice, pq
+from nucseg.metrics import aji, compute_overlap, dice, pq
 
 
 def lr_at(step: int, cfg, total_steps: int) -> float:
@@ -71,8 +71,8 @@ def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict
         set_rows = []
         for s in samples:
             labels = predictor.segment(s.image).labels
-            set_rows.append({"aji": aji(s.instances, labels), "pq": pq(s.instances, labels)["pq"],
-                             "dice": dice(s.instances, labels)})
+            ov = compute_overlap(s.instances, labels)
+            set_rows.append({"aji": aji(ov), "pq": pq(ov)["pq"], "dice": dice(ov)})
         for k in ("aji", "pq", "dice"):
             out[f"{name}/{k}"] = float(np.mean([r[k] for r in set_rows]))
         rows += set_rows

@@ -53,15 +53,18 @@ def aji_parts(ov: Overlap) -> tuple[float, float]:
     order = np.lexsort((ov.pair_pred, -iou, ov.pair_true))
     first = np.ones(order.size, bool)
     first[1:] = ov.pair_true[order][1:] != ov.pair_true[order][:-1]
-    best = order[first]
-    overall_inter = ov.inter[best].sum()
-    overall_union = union[best].sum()
+    return _aggregate(ov, order[first], union)
+
+
+def _aggregate(ov: Overlap, chosen: np.ndarray, union: np.ndarray) -> tuple[float, float]:
+    """AJI's totals for chosen pairs (indices into the pair arrays): their intersections, and their unions plus the
+    areas of every true and predicted nucleus in no chosen pair. A pred chosen by several trues counts each time."""
     paired_t = np.zeros(ov.n_true, bool)
-    paired_t[ov.pair_true[best]] = True
+    paired_t[ov.pair_true[chosen]] = True
     paired_p = np.zeros(ov.n_pred, bool)
-    paired_p[ov.pair_pred[best]] = True
-    overall_union += ov.true_area[~paired_t].sum() + ov.pred_area[~paired_p].sum()
-    return float(overall_inter), float(overall_union)
+    paired_p[ov.pair_pred[chosen]] = True
+    overall_union = union[chosen].sum() + ov.true_area[~paired_t].sum() + ov.pred_area[~paired_p].sum()
+    return float(ov.inter[chosen].sum()), float(overall_union)
 
 
 def aji_plus(true, pred=None) -> float:
@@ -79,14 +82,7 @@ def aji_plus_parts(ov: Overlap) -> tuple[float, float]:
         return 0.0, float(ov.true_area.sum() + ov.pred_area.sum())
     union = ov.union
     iou = ov.inter / (union + _EPS)
-    chosen = max_weight_matching(ov.pair_true, ov.pair_pred, iou, ov.n_true, ov.n_pred)
-    paired_t = np.zeros(ov.n_true, bool)
-    paired_t[ov.pair_true[chosen]] = True
-    paired_p = np.zeros(ov.n_pred, bool)
-    paired_p[ov.pair_pred[chosen]] = True
-    overall_inter = ov.inter[chosen].sum()
-    overall_union = union[chosen].sum() + ov.true_area[~paired_t].sum() + ov.pred_area[~paired_p].sum()
-    return float(overall_inter), float(overall_union)
+    return _aggregate(ov, max_weight_matching(ov.pair_true, ov.pair_pred, iou, ov.n_true, ov.n_pred), union)
 
 
 def match_pairs(true, pred=None, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, Overlap]:

@@ -34,3 +34,15 @@ def test_patches_are_reproducible(synthetic_set):
     a, b = ds[4], ds[4]
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert a["image"].shape == (3, 48, 48) and a["three_class"].shape == (48, 48)
+
+
+def test_set_weights_stay_with_their_sets_when_one_is_empty(synthetic_set):
+    from nucseg.methods import get_method
+
+    ids = [p.stem for p in (synthetic_set / "labels").iterdir()]
+    m = get_method("unet")(encoder="test_efficientnet")
+    cfg = DataConfig(sets=[SetConfig(str(synthetic_set), weight=0.5, exclude=ids),  # nothing left: dropped
+                           SetConfig(str(synthetic_set), weight=0.2), SetConfig(str(synthetic_set), weight=0.8)],
+                     patch_size=48, target_margin=8, val_fraction=0.34)
+    ds = PatchDataset(cfg, m.targets, 4)
+    assert len(ds.sets) == 2 and np.allclose(ds.set_weights, [0.2, 0.8])

@@ -125,9 +125,14 @@ def test_tune_and_export(trained_run, tmp_path):
     import shutil
 
     shutil.copytree(trained_run[0], run)
-    assert main(["tune", str(run)]) == 0
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.engine.tune import tune_postprocess
+
+    result = tune_postprocess(run, log=lambda *_: None)
+    method, _, _ = build_from_checkpoint(run)  # a run directory now resolves to tuned.ckpt
+    assert {k: getattr(method.config, k) for k in result["params"]} == result["params"]
     tuned = load_checkpoint(run / "tuned.ckpt")
-    assert tuned["tuning"]["after"] >= tuned["tuning"]["before"]
+    assert tuned["tuning"]["after"] == pytest.approx(result["after"])
     assert main(["export", str(run), str(tmp_path / "model.pt")]) == 0
     exported = load_checkpoint(tmp_path / "model.pt")
     assert "optimizer" not in exported and exported["config"] == tuned["config"]
