@@ -3,6 +3,11 @@
 Crop borders: targets are computed on the crop plus a margin (`target_margin` px) and then cut to the patch, so a
 nucleus cut by the patch border gets the same distance/boundary targets as in the whole image (up to the margin).
 Sampling is a pure function of (seed, index): a resumed run sees exactly the data stream it would have seen.
+
+Weak labels: a set with `annotation: foreground` has nucleus masks only (e.g. the 17 MoNuSeg images without
+instance outlines). All its images go to training (it cannot score instances), its patches get the method's
+`foreground_targets`, and every item carries `labelled` (1.0 full labels, 0.0 mask only) so losses can skip the
+terms a mask cannot supervise.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class SetConfig:
     exclude: list[str] = field(default_factory=list)  # ids to leave out (e.g. broken labels)
     group_pattern: str | None = None  # regex; ids with the same first match share a split (patches of one tile)
     max_images: int | None = None
+    annotation: str = "labels"  # labels: instance maps | foreground: nucleus masks only (weak labels, training only)
 
 
 @dataclass
@@ -105,15 +111,19 @@ class LoadedSet:
         self.path = path if path.is_absolute() else Path(root) / path
         self.name = self.path.name
         info = dataset_info(self.path)
-        ids = [i for i in list_ids(self.path) if i not in set(cfg.exclude)]
-        train, val = split_ids(ids, data_cfg.val_fraction, data_cfg.split_seed, cfg.group_pattern)
+        self.foreground_only = cfg.annotation == "foreground"
+        ids = [i for i in list_ids(self.path, cfg.annotation) if i not in set(cfg.exclude)]
+        if self.foreground_only:  # masks cannot score instances: no validation share
+            train, val = ids, []
+        else:
+            train, val = split_ids(ids, data_cfg.val_fraction, data_cfg.split_seed, cfg.group_pattern)
         chosen = train if split == "train" else val[: data_cfg.val_max_images]
         if cfg.max_images:
             chosen = chosen[: cfg.max_images]
         self.ids = chosen
         self.samples: list[Sample] = []
         for i in chosen:
-            s = read_canonical_one(self.path, i, info)
+            s = read_canonical_one(self.path, i, info, cfg.annotation)
             image = to_uint8(s.image)
             if normalizer is not None:
                 image = normalizer.transform(image)
@@ -126,7 +136,8 @@ class LoadedSet:
 class PatchDataset:
     """Map-style dataset of `length` random patches; item i is a pure function of (seed, i)."""
 
-    def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train"):
+    def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train",
+                 foreground_targets_fn=None):
         self.cfg = data_cfg
         normalizer = stain_normalizer(data_cfg)
         loaded = [(LoadedSet(s, data_cfg.root, data_cfg, split, normalizer), s.weight) for s in data_cfg.sets]
@@ -136,7 +147,11 @@ class PatchDataset:
         self.sets = [ds for ds, _ in loaded]
         weights = np.array([w for _, w in loaded], dtype=np.float64)
         self.set_weights = weights / weights.sum()
+        if any(ds.foreground_only for ds in self.sets) and foreground_targets_fn is None:
+            names = ", ".join(ds.name for ds in self.sets if ds.foreground_only)
+            raise ValueError(f"sets with annotation 'foreground' ({names}) need a method that trains on masks")
         self.targets_fn = targets_fn
+        self.foreground_targets_fn = foreground_targets_fn
         self.length = length
         self.seed = seed
         self.augment = Augmenter(data_cfg.augment)
@@ -162,8 +177,9 @@ class PatchDataset:
         m, p = self.cfg.target_margin, self.cfg.patch_size
         image, labels = self.crop(sample, rng, p + 2 * m)
         image, labels = self.augment(image, labels, rng)
-        targets = self.targets_fn(labels)
+        targets = self.foreground_targets_fn(labels > 0) if ds.foreground_only else self.targets_fn(labels)
         out = {k: v[..., m : m + p, m : m + p] for k, v in targets.items()}
+        out["labelled"] = np.float32(0.0 if ds.foreground_only else 1.0)
         out["image"] = np.ascontiguousarray(image[m : m + p, m : m + p].transpose(2, 0, 1))
         return out
 

@@ -48,6 +48,18 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def init_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
+    """Start `model` from a checkpoint's weights where names and shapes match (fine-tuning a changed architecture,
+    e.g. a new head or decoder depth). Returns (tensors loaded, tensors in the model)."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"{path}: no weights match this model's names and shapes")
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
+
+
 def build_from_checkpoint(path: str | Path):
     """(method, model in eval mode, run config) from a checkpoint file or run directory."""
     from nucseg.methods import get_method

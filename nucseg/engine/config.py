@@ -39,6 +39,7 @@ class TrainConfig:
     workers: int = 0  # data-loader processes
     seed: int = 0
     grad_clip: float = 5.0
+    init_from: str | None = None  # checkpoint or run dir: start from its weights where names and shapes match
 
 
 @dataclass

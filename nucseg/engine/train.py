@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 import nucseg
 from nucseg.data.dataset import PatchDataset, validation_samples
-from nucseg.engine.checkpoints import load_checkpoint, save_checkpoint
+from nucseg.engine.checkpoints import init_weights, load_checkpoint, save_checkpoint
 from nucseg.engine.config import RunConfig, config_to_yaml
 from nucseg.engine.device import autocast, configure_malloc, default_device, resolve_precision, set_threads
 from nucseg.engine.infer import Predictor, normalize
@@ -118,12 +118,17 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_step, best, best_step = int(ckpt["step"]), float(ckpt["best"]), int(ckpt["best_step"])
+    elif cfg.train.init_from:
+        loaded, total = init_weights(model, cfg.train.init_from)
+        if rank == 0:
+            print(f"init_from {cfg.train.init_from}: {loaded} of {total} tensors loaded")
     if rank == 0:
         write_text(out_dir / "config.yaml", f"# nucseg {nucseg.__version__}\n" + config_to_yaml(cfg))
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     total_samples = cfg.train.steps * cfg.train.batch_size * world
-    dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed)
+    dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed,
+                           foreground_targets_fn=method.foreground_targets if method.trains_on_masks else None)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size,
                         sampler=_StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world),
                         num_workers=cfg.train.workers, persistent_workers=cfg.train.workers > 0)

@@ -4,6 +4,10 @@ Instance representation: a thin inner boundary class separates touching nuclei i
 normalised distance map gives one peak per nucleus; watershed seeds are the confident cores
 (distance > `marker_threshold` and interior probability > `interior_threshold`), grown over -distance within the
 foreground (interior + boundary probability > `fg_threshold`).
+
+Weak labels (nucleus masks only): background pixels are supervised as class 0 and mask pixels by the
+partial-label cross-entropy -log(p_interior + p_boundary), i.e. "some nucleus class"; Dice and the distance term
+use fully labelled patches only.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class UNetMethod(Method):
     name = "unet"
     config_class = UNetConfig
     tunable = WATERSHED_GRID
+    trains_on_masks = True
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -54,13 +59,27 @@ class UNetMethod(Method):
             "distance": distance_map(labels)[None],
         }
 
+    def foreground_targets(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+        # -1 marks "a nucleus, class unknown" for the partial-label cross-entropy
+        return {
+            "three_class": np.where(mask, -1, 0).astype(np.int64),
+            "distance": np.zeros((1, *mask.shape), np.float32),
+        }
+
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
         logits = outputs["logits"].float()
         target = batch["three_class"]
-        ce = F.cross_entropy(logits, target)
-        dice = soft_dice_loss(logits.softmax(1), target, classes=(1, 2))
-        dist = F.mse_loss(torch.sigmoid(outputs["distance"].float()), batch["distance"])
+        log_prob = logits.log_softmax(1)
+        nll = -log_prob.gather(1, target.clamp(min=0)[:, None])[:, 0]
+        nll = torch.where(target < 0, -torch.logsumexp(log_prob[:, 1:], 1), nll)  # mask only: any nucleus class
+        ce = nll.mean()
+        labelled = batch.get("labelled", torch.ones(len(target), device=target.device)) > 0
+        if labelled.any():
+            dice = soft_dice_loss(logits[labelled].softmax(1), target[labelled], classes=(1, 2))
+            dist = F.mse_loss(torch.sigmoid(outputs["distance"][labelled].float()), batch["distance"][labelled])
+        else:
+            dice = dist = logits.sum() * 0.0
         total = c.weight_ce * ce + c.weight_dice * dice + c.weight_distance * dist
         return {"total": total, "ce": ce, "dice": dice, "distance": dist}
 
