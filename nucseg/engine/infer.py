@@ -56,6 +56,11 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.model.eval()
+        if self.cfg.fold_batchnorm:
+            from nucseg.models.fusion import fold_batchnorm
+
+            example = torch.rand(1, self.channels, 64, 64, device=self.device)
+            self.model = fold_batchnorm(self.model, example)
         self.weight = gaussian_window(self.cfg.window)
 
     @classmethod
