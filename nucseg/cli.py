@@ -42,7 +42,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from nucseg.engine.tune import export_checkpoint
 
-    print(f"wrote {export_checkpoint(args.src, args.dst)}")
+    print(f"wrote {export_checkpoint(args.src, args.dst, args.set)}")
     return 0
 
 
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a deployable checkpoint (weights + config) from a run or checkpoint")
     p.add_argument("src", metavar="RUN_DIR|CKPT")
     p.add_argument("dst", metavar="OUT.pt")
+    p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
+                   help="record an inference setting with the model (e.g. infer.mpp=0.25)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
@@ -134,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained weights for --model NAME (e.g. --model weaveseg --checkpoint best.ckpt)")
     p.add_argument("--out", default="nucseg-output", help="output folder (default nucseg-output)")
     p.add_argument("--outputs", default="labels,overlay,geojson,csv", help="comma-separated: labels,overlay,geojson,csv")
-    p.add_argument("--mpp", type=float, help="microns per pixel: CSV/GeoJSON measurements in µm")
+    p.add_argument("--mpp", type=float, help="microns per pixel of the inputs: CSV/GeoJSON measurements in µm, and images are "
+                   "resampled to the model's resolution when the model records one (infer.mpp)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
     p.add_argument("--tta", action="store_true", help="average over flips (slower, slightly more accurate)")

@@ -48,6 +48,9 @@ class InferConfig:
     overlap: int = 64
     batch_size: int = 4
     tta: bool = False  # average over flips
+    # the resolution (µm per pixel) the model works at; `segment --mpp X` resamples images by X / mpp before
+    # prediction and the label maps back, so a 20x slide (0.5) meets a 40x model (0.25) at its scale
+    mpp: float | None = None
     fold_batchnorm: bool = True  # fold BatchNorm into the preceding convolutions (same outputs, faster)
     block_size: int = 2048  # images larger than this are segmented in blocks and stitched
     block_margin: int = 64

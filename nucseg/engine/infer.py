@@ -140,12 +140,33 @@ class Predictor:
                 norm[rsl] += weight
         return {k: v / norm for k, v in acc.items()}
 
-    def segment(self, image: np.ndarray) -> Instances:
-        """Instances of a whole image; images larger than `block_size` go block by block (see `segment_blocks`)."""
+    def segment(self, image: np.ndarray, mpp: float | None = None) -> Instances:
+        """Instances of a whole image; images larger than `block_size` go block by block (see `segment_blocks`).
+
+        With the image's `mpp` and the model's (`infer.mpp`) both known and more than 5 % apart, the image is
+        resampled to the model's resolution and the instances mapped back (nearest neighbour) to the image's pixels."""
+        scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
+        if abs(scale - 1.0) > 0.05:
+            return self._segment_rescaled(image, scale)
         h, w = image.shape[:2]
         if max(h, w) <= self.cfg.block_size:
             return self.method.postprocess(self.dense(image))
         return self.segment_blocks(image, self.cfg.block_size, self.cfg.block_margin)
+
+    def _segment_rescaled(self, image: np.ndarray, scale: float) -> Instances:
+        import cv2
+
+        h, w = image.shape[:2]
+        size = (max(round(w * scale), 32), max(round(h * scale), 32))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, size, interpolation=interp)
+        inst = self.segment(resized.reshape(size[1], size[0], *image.shape[2:]))
+        rows = np.minimum(((np.arange(h) + 0.5) * size[1] / h).astype(np.intp), size[1] - 1)
+        cols = np.minimum(((np.arange(w) + 0.5) * size[0] / w).astype(np.intp), size[0] - 1)
+        labels = inst.labels[rows[:, None], cols[None, :]]
+        kept = set(np.unique(labels).tolist())  # a nucleus smaller than a pixel of the image vanishes
+        return Instances(labels, {i: c for i, c in inst.classes.items() if i in kept},
+                         {i: s for i, s in inst.scores.items() if i in kept})
 
     def segment_blocks(self, image: np.ndarray, block: int, margin: int) -> Instances:
         """Segment block by block with `margin` pixels of context on each side. Each block keeps the instances whose

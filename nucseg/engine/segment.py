@@ -99,7 +99,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
             try:
                 t0 = time.perf_counter()
                 image = read_image(path)
-                inst = predictor.segment(image)
+                inst = predictor.segment(image, mpp)
             except InputError as exc:
                 report.failed.append((str(path), exc.problem))
                 continue

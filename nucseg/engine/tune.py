@@ -72,9 +72,17 @@ def tune_postprocess(run: str | Path, metric: str = "aji", rounds: int = 2, log=
     return {"before": before, "after": best, "params": params}
 
 
-def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """A deployable file: weights and resolved config only (no optimizer state)."""
+def export_checkpoint(src: str | Path, dst: str | Path, overrides: list[str] | None = None) -> Path:
+    """A deployable file: weights and resolved config only (no optimizer state). `overrides` (`infer.mpp=0.25`)
+    change inference settings recorded with the model."""
     method, model, cfg = build_from_checkpoint(src)
+    if overrides:
+        from omegaconf import OmegaConf
+
+        bad = [o for o in overrides if not o.startswith("infer.")]
+        if bad:
+            raise ValueError(f"export can only change infer.* settings, not {', '.join(bad)}")
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)))
     ckpt = load_checkpoint(src)
     extra = {k: ckpt[k] for k in ("step", "scores", "tuning") if k in ckpt}
     return save_checkpoint(dst, model, cfg, **extra)

@@ -136,6 +136,10 @@ def test_tune_and_export(trained_run, tmp_path):
     assert main(["export", str(run), str(tmp_path / "model.pt")]) == 0
     exported = load_checkpoint(tmp_path / "model.pt")
     assert "optimizer" not in exported and exported["config"] == tuned["config"]
+    assert main(["export", str(run), str(tmp_path / "m2.pt"), "--set", "infer.mpp=0.25"]) == 0
+    assert build_from_checkpoint(tmp_path / "m2.pt")[2].infer.mpp == 0.25
+    assert main(["export", str(run), str(tmp_path / "m3.pt"), "--set", "model.min_area=3"]) != 0
+    assert not (tmp_path / "m3.pt").exists()
 
 
 def test_learning_rate_schedules():
