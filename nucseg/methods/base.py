@@ -3,7 +3,7 @@
     config_class                      a dataclass whose defaults are the paper's
     build_model() -> nn.Module        the network
     targets(labels, classes) -> dict  numpy targets, computed in data-loader workers
-    foreground_targets(mask) -> dict  the same keys from a nucleus mask alone (weak labels; when trains_on_masks)
+    foreground_targets(mask) -> dict  optional: the same keys from a nucleus mask alone (weak labels)
     loss(outputs, batch) -> dict      named terms; the engine backpropagates "total" and logs the rest
     postprocess(outputs) -> Instances numpy, per image or block; outputs are the model's dense maps as numpy
 """
@@ -29,8 +29,6 @@ class Method:
     config_class: ClassVar[type] = object
     # post-processing options `nucseg tune` may choose on the validation split: {option: candidate values}
     tunable: ClassVar[dict[str, list]] = {}
-    # True when the method can learn from sets with nucleus masks only (DataConfig sets with annotation: foreground)
-    trains_on_masks: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides):
         base = OmegaConf.structured(self.config_class)
@@ -48,6 +46,11 @@ class Method:
 
     def foreground_targets(self, mask: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError(f"method '{self.name}' cannot train on foreground masks")
+
+    @property
+    def trains_on_masks(self) -> bool:
+        """Whether the method learns from sets with nucleus masks only (sets with `annotation: foreground`)."""
+        return type(self).foreground_targets is not Method.foreground_targets
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -49,7 +49,7 @@ def test_mask_sets_need_a_method_that_trains_on_masks(weak_set):
     from nucseg.methods import get_method
 
     m = get_method("weaveseg")()
-    assert not m.trains_on_masks
+    assert not m.trains_on_masks and unet().trains_on_masks
     cfg = DataConfig(sets=[SetConfig(str(weak_set), annotation="foreground")], patch_size=48, target_margin=8)
     with pytest.raises(ValueError, match="weak.*masks"):
         PatchDataset(cfg, m.targets, 4)

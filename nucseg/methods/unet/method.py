@@ -46,7 +46,6 @@ class UNetMethod(Method):
     name = "unet"
     config_class = UNetConfig
     tunable = WATERSHED_GRID
-    trains_on_masks = True
 
     def build_model(self) -> nn.Module:
         c = self.config
