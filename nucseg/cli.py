@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="choose post-processing thresholds on a run's validation split")
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--metric", default="aji", choices=["aji", "pq"])
+    p.add_argument("--metric", default="aji", choices=["aji", "pq", "aji_pq"],
+                   help="objective: mean AJI, PQ, or their mean (aji_pq weighs precision: fragments cost PQ)")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("export", help="write a deployable checkpoint (weights + config) from a run or checkpoint")

@@ -65,7 +65,7 @@ class Sample:
 
 @dataclass
 class Instances:
-    """The result of segmenting one image: label map, per-instance class and score, polygons on demand."""
+    """The result of segmenting one image: label map, per-instance class and score, outlines on demand."""
 
     labels: np.ndarray
     classes: dict[int, int] = field(default_factory=dict)
@@ -84,11 +84,11 @@ class Instances:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def polygons(self, simplify: float = 0.0) -> dict[int, np.ndarray]:
-        """{id: N×2 array of (x, y) vertices} of each instance's outer contour."""
-        from nucseg.labels import instances_to_polygons
+    def outlines(self) -> dict:
+        """{id: shapely Polygon / MultiPolygon}: every instance's pixel-edge outline (see `labels.instance_outlines`)."""
+        from nucseg.labels import instance_outlines
 
-        return instances_to_polygons(self.labels, simplify=simplify)
+        return instance_outlines(self.labels)
 
     def class_map(self) -> np.ndarray:
         from nucseg.labels import instances_to_class_map

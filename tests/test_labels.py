@@ -15,13 +15,10 @@ def test_relabel_and_class_maps():
     assert L.class_map_to_instance_classes(lab, cmap) == {3: 1, 7: 2, 90000: 0}
 
 
-def test_polygons_round_trip_and_properties():
+def test_outlines_round_trip_and_properties():
     s = synthetic_sample(128, 15, seed=1)
-    polys = L.instances_to_polygons(s.instances)
-    back = L.polygons_to_instances(polys, s.instances.shape)
-    from nucseg.metrics import aji
-
-    assert aji(s.instances, back) > 0.8
+    back = L.rasterize_outlines(L.instance_outlines(s.instances), s.instances.shape)
+    assert np.array_equal(back, s.instances)
     ids, cents = L.centroids(s.instances)
     props = L.instance_properties(s.instances, s.image, mpp=0.5)
     assert np.allclose(props["centroid_y"], cents[:, 0] * 0.5)
@@ -65,7 +62,8 @@ def test_fast_properties_agree_with_skimage():
         o, ro = props["orientation"][k], r.orientation
         assert np.isclose(o, ro, atol=1e-6) or np.isclose(abs(o), np.pi / 4) and np.isclose(abs(ro), np.pi / 4)
         assert np.isclose(props["mean_intensity_0"][k], r.intensity_mean[0])
-        if ndi.label(r.image)[1] == 1:  # an ellipse cut in two by a later one has a hull over both parts
-            assert abs(props["solidity"][k] - r.solidity) < 0.06
-        if r.area > 100:  # a different definition (contour length), close on nuclei of realistic size
-            assert abs(props["perimeter"][k] - r.perimeter) / r.perimeter < 0.12
+        # perimeter and solidity are measured on the pixel-edge outline (as QuPath measures the GeoJSON polygon),
+        # skimage's on pixel centres: close on nuclei of realistic size
+        if r.area > 100 and ndi.label(r.image)[1] == 1:  # a cut ellipse has a hull over both parts
+            assert abs(props["solidity"][k] - r.solidity) < 0.05
+            assert abs(props["perimeter"][k] - r.perimeter) / r.perimeter < 0.05

@@ -5,6 +5,7 @@ Geometry and photometry come from albumentations; HED stain jitter (which it lac
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import cv2
@@ -39,6 +40,8 @@ def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.
 
 class Augmenter:
     def __init__(self, cfg: AugmentConfig):
+        # albumentations asks PyPI for its latest version at import: a warning offline, a stall where DNS hangs
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         import albumentations as A
 
         self.cfg = cfg

@@ -31,6 +31,9 @@ class SetConfig:
     group_pattern: str | None = None  # regex; ids with the same first match share a split (patches of one tile)
     max_images: int | None = None
     annotation: str = "labels"  # labels: instance maps | foreground: nucleus masks only (weak labels, training only)
+    # this set's validation share, in place of data.val_fraction (e.g. more of MoNuSeg's few large tiles, so choices
+    # made on validation are not made on two tiles' noise)
+    val_fraction: float | None = None
 
 
 @dataclass
@@ -116,7 +119,8 @@ class LoadedSet:
         if self.foreground_only:  # masks cannot score instances: no validation share
             train, val = ids, []
         else:
-            train, val = split_ids(ids, data_cfg.val_fraction, data_cfg.split_seed, cfg.group_pattern)
+            fraction = data_cfg.val_fraction if cfg.val_fraction is None else cfg.val_fraction
+            train, val = split_ids(ids, fraction, data_cfg.split_seed, cfg.group_pattern)
         chosen = train if split == "train" else val[: data_cfg.val_max_images]
         if cfg.max_images:
             chosen = chosen[: cfg.max_images]

@@ -35,6 +35,7 @@ class TrainConfig:
     log_every: int = 20
     select_metric: str = "aji"  # validation metric for best.ckpt: aji | pq | dice
     precision: str = "auto"  # auto (bf16 where the CPU has AMX, or on CUDA) | bf16 | fp32
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N; DDP processes take GPU LOCAL_RANK
     threads: int = 0  # torch threads on CPU (0 = all cores)
     workers: int = 0  # data-loader processes
     seed: int = 0

@@ -52,5 +52,26 @@ def configure_malloc() -> None:
         pass
 
 
+def select_device(name: str = "auto", local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The one place a device is chosen. `name`: auto (CUDA when available, else CPU) | cpu | cuda | cuda:N.
+
+    Under DDP each process takes GPU `local_rank`; with more processes on a node than GPUs that would silently
+    oversubscribe (or fail deep inside NCCL), so it is an error here that says what to do instead."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not '{name}'")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' asked for, but torch sees no CUDA device")
+    if name.startswith("cuda:"):
+        return torch.device(name)
+    count = torch.cuda.device_count()
+    if world_size > 1 and local_rank >= count:
+        raise RuntimeError(f"process {local_rank} of {world_size} on this node has no GPU ({count} visible): start "
+                           f"at most {count} processes per node (torchrun --nproc_per_node {count}), or train on "
+                           "the CPU with --set train.device=cpu")
+    return torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+
+
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return select_device("auto")

@@ -55,7 +55,8 @@ class Predictor:
     normalizer: object | None = None  # a fitted StainNormalizer when the model was trained with one
 
     def __post_init__(self) -> None:
-        self.model.eval()
+        # the predictor owns placement: the model goes where the inputs will go (callers need not move it)
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
         if self.cfg.fold_batchnorm:
             from nucseg.models.fusion import fold_batchnorm
 

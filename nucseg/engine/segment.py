@@ -7,8 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from nucseg.engine.checkpoints import build_from_checkpoint
 from nucseg.engine.device import configure_malloc, default_device, set_threads
 from nucseg.engine.infer import Predictor
@@ -71,7 +69,6 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         raise ValueError("no input images (png/jpg/tif) found")
     method, net, cfg = build_from_checkpoint(resolve_model(model, checkpoint))
     device = default_device()
-    net = net.to(device).to(memory_format=torch.channels_last)
     if batch_size:
         cfg.infer.batch_size = batch_size
     cfg.infer.tta = tta

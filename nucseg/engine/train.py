@@ -23,7 +23,7 @@ import nucseg
 from nucseg.data.dataset import PatchDataset, validation_samples
 from nucseg.engine.checkpoints import init_weights, load_checkpoint, save_checkpoint
 from nucseg.engine.config import RunConfig, config_to_yaml
-from nucseg.engine.device import autocast, configure_malloc, default_device, resolve_precision, set_threads
+from nucseg.engine.device import autocast, configure_malloc, resolve_precision, select_device, set_threads
 from nucseg.engine.infer import Predictor, normalize
 from nucseg.io.images import write_text
 from nucseg.methods import get_method
@@ -96,11 +96,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     configure_malloc()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = default_device()
+    device = select_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")), world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed + rank)
     precision = resolve_precision(cfg.train.precision, device)
@@ -124,7 +124,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             print(f"init_from {cfg.train.init_from}: {loaded} of {total} tensors loaded")
     if rank == 0:
         write_text(out_dir / "config.yaml", f"# nucseg {nucseg.__version__}\n" + config_to_yaml(cfg))
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     total_samples = cfg.train.steps * cfg.train.batch_size * world
     dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed,

@@ -12,33 +12,41 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nucseg.data.dataset import validation_samples
 from nucseg.engine.checkpoints import build_from_checkpoint, load_checkpoint, save_checkpoint
 from nucseg.engine.device import configure_malloc
 from nucseg.engine.infer import Predictor
-from nucseg.metrics import aji, pq
+from nucseg.metrics import aji, compute_overlap, pq
+
+METRICS = ("aji", "pq", "aji_pq")
+
+
+def _image_score(truth, labels, metric: str) -> float:
+    """AJI; PQ; or aji_pq, the mean of the two: PQ counts every spurious or split nucleus as a false positive,
+    so it pulls the thresholds towards precision where AJI alone tolerates small fragments."""
+    ov = compute_overlap(truth, labels)
+    if metric == "aji":
+        return aji(ov)
+    if metric == "pq":
+        return pq(ov)["pq"]
+    return 0.5 * (aji(ov) + pq(ov)["pq"])
 
 
 def _score(method, cached, metric: str) -> float:
-    per_set = []
-    for items in cached.values():
-        vals = []
-        for truth, dense in items:
-            labels = method.postprocess(dense).labels
-            vals.append(aji(truth, labels) if metric == "aji" else pq(truth, labels)["pq"])
-        per_set.append(np.mean(vals))
+    per_set = [np.mean([_image_score(truth, method.postprocess(dense).labels, metric) for truth, dense in items])
+               for items in cached.values()]
     return float(np.mean(per_set))
 
 
 def tune_postprocess(run: str | Path, metric: str = "aji", rounds: int = 2, log=print) -> dict:
     """Tune the run's best checkpoint; writes RUN/tuned.ckpt and returns {"before", "after", "params"}."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown tuning metric '{metric}' (known: {', '.join(METRICS)})")
     configure_malloc()
     run = Path(run)
     source = run / "best.ckpt" if (run / "best.ckpt").is_file() else run
     method, model, cfg = build_from_checkpoint(source)
-    model = model.to(memory_format=torch.channels_last)
     predictor = Predictor.for_run(method, model, cfg)
     val = validation_samples(cfg.data)
     if not val:

@@ -10,33 +10,31 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.io.images import write_image, write_label, write_text
-from nucseg.labels import instance_properties, instances_to_polygons
+from nucseg.labels import instance_outlines, instance_properties
 from nucseg.structures import Instances
 
 OUTPUT_KINDS = ("labels", "overlay", "geojson", "csv")
 
 
 def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | None = None,
-                  properties: dict[str, np.ndarray] | None = None,
-                  polygons: dict[int, np.ndarray] | None = None) -> Path:
-    """A FeatureCollection with one Polygon 'detection' per nucleus, as QuPath 0.5/0.6 import it
-    (File > Import objects): a UUID id (QuPath parses ids as UUIDs), classification {name, color} and a flat
-    measurements dict. Vertices use QuPath's pixel-corner convention (+0.5)."""
+                  properties: dict[str, np.ndarray] | None = None, outlines: dict | None = None) -> Path:
+    """A FeatureCollection with one 'detection' per nucleus, every id of the label map included, as QuPath 0.5/0.6
+    import it (File > Import objects): a UUID id (QuPath parses ids as UUIDs), classification {name, color} and a
+    flat measurements dict. The geometry is the pixel-edge outline (`labels.instance_outlines`): a Polygon, or a
+    MultiPolygon for a nucleus in pieces, holes kept, in pixel-corner coordinates (QuPath's convention)."""
     import uuid
+
+    import shapely
 
     from nucseg.viz import class_colour
 
-    polys = instances_to_polygons(inst.labels) if polygons is None else polygons
+    outlines = instance_outlines(inst.labels) if outlines is None else outlines
     rows = {}
     if properties is not None:
         for k, i in enumerate(properties["id"]):
             rows[int(i)] = {name: float(col[k]) for name, col in properties.items() if name != "id"}
     features = []
-    for i, xy in polys.items():
-        ring = (xy + 0.5).round(2).tolist()
-        if len(ring) < 3:
-            continue
-        ring.append(ring[0])
+    for i, geom in outlines.items():
         props = {"objectType": "detection", "name": f"nucleus {i}", "measurements": rows.get(i, {})}
         cls = inst.classes.get(i)
         if cls:
@@ -45,7 +43,7 @@ def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | Non
         if i in inst.scores:
             props["measurements"]["probability"] = float(inst.scores[i])
         uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"nucseg/{Path(path).stem}/{i}"))
-        features.append({"type": "Feature", "id": uid, "geometry": {"type": "Polygon", "coordinates": [ring]},
+        features.append({"type": "Feature", "id": uid, "geometry": shapely.geometry.mapping(geom),
                          "properties": props})
     return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
 
@@ -65,7 +63,8 @@ def write_csv(path: Path, inst: Instances, properties: dict[str, np.ndarray],
 
 
 def write_coco(path: Path, items: list[tuple[str, Instances]], class_names: dict[int, str] | None = None) -> Path:
-    """COCO instance JSON (compressed RLE segmentations) for several images."""
+    """COCO instance JSON for several images. Segmentations are compressed RLE: the pixel set that the GeoJSON
+    outline rasterises to (a COCO polygon cannot carry a hole); bbox and area are that same pixel set's."""
     from nucseg.data.readers.instance_lists import coco_rle_encode
     from nucseg.labels import bounding_boxes
 
@@ -95,17 +94,17 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, inst: Instances, 
         raise ValueError(f"unknown output kind(s) {sorted(unknown)} (known: {', '.join(OUTPUT_KINDS)})")
     out_dir = Path(out_dir)
     written = {}
-    props = polygons = None
+    props = outlines = None
     if "csv" in kinds or "geojson" in kinds:
-        polygons = instances_to_polygons(inst.labels)  # traced once, for measurements and GeoJSON
-        props = instance_properties(inst.labels, image, mpp, polygons)
+        outlines = instance_outlines(inst.labels)  # traced once: GeoJSON geometry and CSV perimeter / solidity
+        props = instance_properties(inst.labels, image, mpp, outlines)
     if "labels" in kinds:
         written["labels"] = write_label(out_dir / "labels" / f"{stem}.png", inst.labels)
     if "overlay" in kinds:
         written["overlay"] = write_image(out_dir / "overlays" / f"{stem}.png",
                                          overlay_contours(image, inst.labels, inst.classes))
     if "geojson" in kinds:
-        written["geojson"] = write_geojson(out_dir / "geojson" / f"{stem}.geojson", inst, class_names, props, polygons)
+        written["geojson"] = write_geojson(out_dir / "geojson" / f"{stem}.geojson", inst, class_names, props, outlines)
     if "csv" in kinds:
         written["csv"] = write_csv(out_dir / "csv" / f"{stem}.csv", inst, props, class_names)
     return written

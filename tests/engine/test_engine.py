@@ -65,7 +65,7 @@ def test_bad_config_key_is_an_error(tmp_path):
 def test_two_process_ddp(synthetic_set, tmp_path):
     code = ("import sys; from nucseg.engine.config import load_config; from nucseg.engine.train import train; "
             f"cfg = load_config({str(SMOKE)!r}, [\"data.sets=[{{path: '{synthetic_set}'}}]\", 'train.steps=3', "
-            "'train.val_every=0', 'train.log_every=1']); train(cfg, sys.argv[1], progress=False)")
+            "'train.val_every=0', 'train.log_every=1', 'train.device=cpu']); train(cfg, sys.argv[1], progress=False)")
     script = tmp_path / "ddp.py"
     script.write_text(code)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
