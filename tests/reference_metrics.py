@@ -80,3 +80,14 @@ def ref_dice(true, pred):
     t = (true > 0).astype(np.int64)
     p = (pred > 0).astype(np.int64)
     return 2.0 * (t * p).sum() / (t + p).sum()
+
+
+def hausdorff_per_pair(true, pred, pairs) -> float:
+    """Mean over (true id, pred id) pairs of the symmetric Hausdorff distance of their pixel sets (scipy)."""
+    from scipy.spatial.distance import directed_hausdorff
+
+    dists = []
+    for i, j in pairs:
+        a, b = np.argwhere(true == i), np.argwhere(pred == j)
+        dists.append(max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0]))
+    return float(np.mean(dists))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,24 +73,45 @@ def evaluate_folders(true_dir, pred_dir, true_types=None, pred_types=None, tissu
         # every image reports every class of the set (absent from an image's truth -> NaN, as PanNuke)
         class_ids = sorted({int(c) for stem in stems for c in np.unique(read_label(_typed_path(true_types, stem)))} - {0})
         typed = TypedAccumulator(class_ids=class_ids, radius=radius)
-    items = stems
-    if progress and len(stems) > 5:
-        from tqdm import tqdm
 
-        items = tqdm(stems, desc="evaluate", unit="image")
-    per_image: dict[str, dict] = {}
-    for stem in items:
+    def score(stem: str):
         t = read_label(truth[stem])
         p = read_label(preds[stem]) if stem in preds else np.zeros_like(t)
         if p.shape != t.shape:
             raise InputError(preds[stem], f"prediction size {p.shape[1]}×{p.shape[0]} differs from ground truth "
                              f"size {t.shape[1]}×{t.shape[0]}")
-        row = instance_scores(t, p, radius=radius)
+        return t, p, instance_scores(t, p, radius=radius)
+
+    # Images are scored on a thread per core (PNG decoding and the numpy / scipy kernels release the GIL), in order
+    # (the typed accumulator and the report follow the stems), at most two per thread ahead so memory stays bounded.
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    pool = ThreadPoolExecutor(max_workers=workers)
+
+    def in_order():
+        pending: deque = deque()
+        for stem in stems:
+            pending.append(pool.submit(score, stem))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    results = in_order()
+    if progress and len(stems) > 5:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=len(stems), desc="evaluate", unit="image")
+    per_image: dict[str, dict] = {}
+    for stem, (t, p, row) in zip(stems, results):
         if typed is not None:
             tc = class_map_to_instance_classes(t, read_label(_typed_path(true_types, stem)))
             pc = class_map_to_instance_classes(p, read_label(_typed_path(pred_types, stem))) if stem in preds else {}
             row.update(typed.add(stem, t, tc, p, pc, tissues.get(stem, "all")))
         per_image[stem] = row
+    pool.shutdown()
     result = summarize(per_image)
     if typed is not None:
         agg = typed.aggregate()

@@ -119,3 +119,61 @@ def test_parity_with_reference_on_real_labels(shared_data, name):
             M.pq(t, p, 0.3)["pq"]]
     ref = [ref_aji(rt, rp), ref_aji_plus(rt, rp), *ref_pq(rt, rp), ref_dice(t, p), ref_pq(rt, rp, 0.3)[2]]
     assert np.allclose(ours, ref, atol=1e-6, rtol=0)
+
+
+def _perturbed(labels, seed):
+    """A plausible prediction: shifted, some nuclei eroded, grown or holed."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    p = np.roll(labels, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1))
+    grown = ndi.grey_dilation(p, size=3)
+    p = np.where((p == 0) & (rng.random(p.shape) < 0.5), grown, p)
+    p[rng.random(p.shape) < 0.02] = 0  # speckle holes, so the farthest pixel can lie inside a nucleus
+    return p
+
+
+def test_hausdorff_equals_per_pair_reference():
+    from reference_metrics import hausdorff_per_pair
+
+    from nucseg.data.synthetic import synthetic_sample
+    from nucseg.labels import relabel_sequential
+
+    for seed in range(3):
+        t = synthetic_sample(160, 30, seed=seed).instances
+        p = _perturbed(t, seed)
+        pt, pp, _, _ = M.match_pairs(t, p, 0.5)
+        t_rel, t_old = relabel_sequential(t)
+        p_rel, p_old = relabel_sequential(p)
+        ref = hausdorff_per_pair(t_rel, p_rel, zip(pt + 1, pp + 1))
+        assert M.hausdorff(t, p) == pytest.approx(ref, abs=1e-9)
+    # a prediction with a hole in the middle: the farthest pixel is inside the true nucleus, not on its boundary
+    t = boxes((30, 30), (1, (2, 2, 28, 28)))
+    p = t.copy()
+    p[12:18, 12:18] = 0
+    assert M.hausdorff(t, p) == pytest.approx(hausdorff_per_pair(t, p, [(1, 1)]))
+    assert M.hausdorff(t, p) == pytest.approx(3.0)
+
+
+def test_hausdorff_on_real_labels(shared_data):
+    from reference_metrics import hausdorff_per_pair
+
+    from nucseg.io.images import read_label
+    from nucseg.labels import relabel_sequential
+
+    path = sorted((shared_data / "monuseg-train" / "labels").glob("*.png"))[0]
+    t, _ = relabel_sequential(read_label(path))
+    p, _ = relabel_sequential(_perturbed(t, 7))
+    pt, pp, _, _ = M.match_pairs(t, p, 0.5)
+    assert M.hausdorff(t, p) == pytest.approx(hausdorff_per_pair(t, p, zip(pt + 1, pp + 1)), abs=1e-9)
+
+
+def test_foreground_miou_from_overlap_equals_pixel_count():
+    from nucseg.data.synthetic import synthetic_sample
+
+    for seed in range(3):
+        t = synthetic_sample(96, 10, seed=seed).instances
+        p = _perturbed(t, seed)
+        for a, b in ((t, p), (t, np.zeros_like(t)), (np.zeros_like(t), np.zeros_like(t)), (np.ones_like(t), t)):
+            expected = M.semantic_scores(a > 0, b > 0, num_classes=2)["miou"]
+            assert M.instance_scores(a, b)["miou"] == pytest.approx(expected, abs=1e-12)
