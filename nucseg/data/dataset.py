@@ -24,8 +24,18 @@ from nucseg.structures import Sample
 
 
 @dataclass
+class SyntheticSpec:
+    """A set generated in memory by `nucseg.data.synthetic` (smoke configs and tests need no data on disk)."""
+
+    style: str = "he"  # he | fluorescence | ihc
+    images: int = 6
+    size: int = 96
+    nuclei: int = 14
+
+
+@dataclass
 class SetConfig:
-    path: str  # a canonical set, absolute or relative to DataConfig.root
+    path: str = "synthetic"  # a canonical set, absolute or relative to DataConfig.root (a name, when synthetic)
     weight: float = 1.0  # share of patches drawn from this set
     exclude: list[str] = field(default_factory=list)  # ids to leave out (e.g. broken labels)
     group_pattern: str | None = None  # regex; ids with the same first match share a split (patches of one tile)
@@ -34,6 +44,7 @@ class SetConfig:
     # this set's validation share, in place of data.val_fraction (e.g. more of MoNuSeg's few large tiles, so choices
     # made on validation are not made on two tiles' noise)
     val_fraction: float | None = None
+    synthetic: SyntheticSpec | None = None  # generate the set instead of reading `path`
 
 
 @dataclass
@@ -111,11 +122,19 @@ class LoadedSet:
 
     def __init__(self, cfg: SetConfig, root: str, data_cfg: DataConfig, split: str, normalizer=None):
         path = Path(cfg.path)
-        self.path = path if path.is_absolute() else Path(root) / path
+        self.path = path if path.is_absolute() or cfg.synthetic else Path(root) / path
         self.name = self.path.name
-        info = dataset_info(self.path)
         self.foreground_only = cfg.annotation == "foreground"
-        ids = [i for i in list_ids(self.path, cfg.annotation) if i not in set(cfg.exclude)]
+        if cfg.synthetic:
+            from nucseg.data.synthetic import synthetic_sample
+
+            spec = cfg.synthetic
+            generate = {f"{self.name}-{k}": k for k in range(spec.images)}
+            ids = list(generate)
+        else:
+            info = dataset_info(self.path)
+            ids = list_ids(self.path, cfg.annotation)
+        ids = [i for i in ids if i not in set(cfg.exclude)]
         if self.foreground_only:  # masks cannot score instances: no validation share
             train, val = ids, []
         else:
@@ -127,7 +146,11 @@ class LoadedSet:
         self.ids = chosen
         self.samples: list[Sample] = []
         for i in chosen:
-            s = read_canonical_one(self.path, i, info, cfg.annotation)
+            if cfg.synthetic:
+                s = synthetic_sample(spec.size, spec.nuclei, style=spec.style, seed=generate[i])
+                s.meta["id"] = i
+            else:
+                s = read_canonical_one(self.path, i, info, cfg.annotation)
             image = to_uint8(s.image)
             if normalizer is not None:
                 image = normalizer.transform(image)
