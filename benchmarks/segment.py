@@ -29,13 +29,12 @@ def worker(args) -> None:
     from nucseg.engine.checkpoints import build_from_checkpoint
     from nucseg.engine.device import configure_malloc
     from nucseg.engine.infer import Predictor
-    from nucseg.engine.segment import resolve_model
     from nucseg.io.images import read_image
     from nucseg.io.writers import write_outputs
 
     configure_malloc()
     torch.set_num_threads(args.threads)
-    method, model, cfg = build_from_checkpoint(resolve_model(args.model))
+    method, model, cfg = build_from_checkpoint(_model_path(args.model))
     model = model.to(memory_format=torch.channels_last)
     predictor = Predictor.for_run(method, model, cfg, torch.device("cpu"), args.precision)
     tiles = sorted((Path(args.data) / "monuseg-train/images").glob("*.png"))[: args.tiles + 1]
@@ -82,12 +81,11 @@ def train_worker(args) -> None:
     from nucseg.engine.checkpoints import load_checkpoint
     from nucseg.engine.config import config_from_yaml
     from nucseg.engine.device import configure_malloc
-    from nucseg.engine.segment import resolve_model
     from nucseg.methods import get_method
 
     configure_malloc()
     torch.set_num_threads(args.threads)
-    cfg = config_from_yaml(load_checkpoint(resolve_model(args.model))["config"])
+    cfg = config_from_yaml(load_checkpoint(_model_path(args.model))["config"])
     model_cfg = dict(cfg.model)
     model_cfg.pop("encoder_weights", None)
     method = get_method(cfg.method)(model_cfg)
@@ -121,6 +119,13 @@ def run(mode: str, args) -> dict:
            "--train-steps", str(args.train_steps), "--precision", args.precision]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _model_path(model):
+    from nucseg.engine.segment import AUTO, DEFAULT_MODEL, resolve_model
+
+    path = resolve_model(model)
+    return DEFAULT_MODEL if path == AUTO else path  # H&E tiles: the H&E model
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from nucseg.engine.tune import export_checkpoint
 
-    print(f"wrote {export_checkpoint(args.src, args.dst, args.set)}")
+    print(f"wrote {export_checkpoint(args.src, args.dst, args.set, fp16=args.fp16)}")
     return 0
 
 
@@ -94,9 +94,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                            args.tta, precision=args.precision, checkpoint=args.checkpoint)
     if report.rows:
         width = max(len(r["image"]) for r in report.rows)
-        print(f"{'image':{width}s}  {'size':>11s}  {'nuclei':>7s}  {'seconds':>7s}")
+        mwidth = max(len(r["model"]) for r in report.rows + [{"model": "model"}])
+        print(f"{'image':{width}s}  {'size':>11s}  {'model':>{mwidth}s}  {'nuclei':>7s}  {'seconds':>7s}")
         for r in report.rows:
-            print(f"{r['image']:{width}s}  {r['size']:>11s}  {r['nuclei']:7d}  {r['seconds']:7.2f}")
+            print(f"{r['image']:{width}s}  {r['size']:>11s}  {r['model']:>{mwidth}s}  {r['nuclei']:7d}  "
+                  f"{r['seconds']:7.2f}")
     print(f"{len(report.rows)} image(s) segmented into {args.out}/ ({', '.join(outputs)})")
     for path, problem in report.failed:
         print(f"nucseg: error: {path}: {problem}", file=sys.stderr)
@@ -128,12 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", metavar="OUT.pt")
     p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
                    help="record an inference setting with the model (e.g. infer.mpp=0.25)")
+    p.add_argument("--fp16", action="store_true", help="store weights at half precision (half the file size)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png/jpg/tif)")
-    p.add_argument("--model", help="'default', a run directory, a checkpoint (.ckpt/.pt), or a method name with "
-                   "--checkpoint")
+    p.add_argument("--model", help="auto (default: the shipped H&E or fluorescence model, chosen per image), a "
+                   "shipped model (he, fluo, weaveseg), a run directory, a checkpoint (.ckpt/.pt), or a method name "
+                   "with --checkpoint")
     p.add_argument("--checkpoint", help="trained weights for --model NAME (e.g. --model weaveseg --checkpoint best.ckpt)")
     p.add_argument("--out", default="nucseg-output", help="output folder (default nucseg-output)")
     p.add_argument("--outputs", default="labels,overlay,geojson,csv", help="comma-separated: labels,overlay,geojson,csv")

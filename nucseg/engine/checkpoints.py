@@ -14,9 +14,13 @@ from nucseg.engine.config import RunConfig, config_from_yaml, config_to_yaml
 from nucseg.io.images import atomic_path
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, **state) -> Path:
+def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, fp16: bool = False, **state) -> Path:
+    """`fp16` stores floating-point weights at half precision (half the file; loading casts them back to fp32)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if fp16:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     payload = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": weights,
         "config": config_to_yaml(cfg),
         "method": cfg.method,
         "nucseg_version": nucseg.__version__,

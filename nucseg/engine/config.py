@@ -53,6 +53,8 @@ class InferConfig:
     # prediction and the label maps back, so a 20x slide (0.5) meets a 40x model (0.25) at its scale
     mpp: float | None = None
     fold_batchnorm: bool = True  # fold BatchNorm into the preceding convolutions (same outputs, faster)
+    # forward pass: auto (OpenVINO for fp32 on the CPU when installed, else torch) | torch | openvino
+    runtime: str = "auto"
     block_size: int = 2048  # images larger than this are segmented in blocks and stitched
     block_margin: int = 64
 

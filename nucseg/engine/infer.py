@@ -53,8 +53,11 @@ class Predictor:
     precision: str = "fp32"
 
     normalizer: object | None = None  # a fitted StainNormalizer when the model was trained with one
+    runtime: str = "torch"  # torch | openvino | auto (see nucseg.engine.runtime); for_run takes infer.runtime
 
     def __post_init__(self) -> None:
+        from nucseg.engine.runtime import openvino_or_none, resolve_runtime
+
         # the predictor owns placement: the model goes where the inputs will go (callers need not move it)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
         if self.cfg.fold_batchnorm:
@@ -62,18 +65,24 @@ class Predictor:
 
             example = torch.rand(1, self.channels, 64, 64, device=self.device)
             self.model = fold_batchnorm(self.model, example)
+        self.runtime = resolve_runtime(self.runtime, self.device, self.precision)
+        self._openvino = openvino_or_none(self.method, self.model, self.channels) if self.runtime == "openvino" else None
+        if self._openvino is None:
+            self.runtime = "torch"
         self.weight = gaussian_window(self.cfg.window)
 
     @classmethod
     def for_run(cls, method: Method, model: nn.Module, cfg, device: torch.device | None = None,
-                precision: str | None = None) -> Predictor:
-        """A predictor with the run's window, channels and stain normalisation (refitted from its reference)."""
+                precision: str | None = None, runtime: str | None = None) -> Predictor:
+        """A predictor with the run's window, channels, runtime and stain normalisation (refitted from its
+        reference)."""
         from nucseg.data.dataset import stain_normalizer
         from nucseg.engine.device import default_device, resolve_precision
 
         device = device or default_device()
         precision = resolve_precision(precision or cfg.train.precision, device)
-        return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data))
+        return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data),
+                   runtime or cfg.infer.runtime)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         image = to_uint8(image if image.ndim == 3 else image[..., None])
@@ -83,13 +92,18 @@ class Predictor:
 
     @torch.no_grad()
     def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = normalize(torch.from_numpy(batch).to(self.device)).contiguous(memory_format=torch.channels_last)
+        x = normalize(torch.from_numpy(batch).to(self.device))
+        if self._openvino is None:
+            x = x.contiguous(memory_format=torch.channels_last)
         flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta else [()]
         acc: dict[str, torch.Tensor] = {}
         with autocast(self.device, self.precision):
             for dims in flips:
                 xi = torch.flip(x, dims) if dims else x
-                out = self.method.predict_dense(self.model, xi)
+                if self._openvino is not None:
+                    out = self._openvino(xi)
+                else:
+                    out = self.method.predict_dense(self.model, xi)
                 for k, v in out.items():
                     v = torch.flip(v.float(), dims) if dims else v.float()
                     acc[k] = acc[k] + v if k in acc else v

@@ -13,23 +13,52 @@ from nucseg.engine.infer import Predictor
 from nucseg.io.images import IMAGE_EXTENSIONS, InputError, read_image
 from nucseg.io.writers import write_outputs
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "default.pt"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+# models shipped in the package, by name: `nucseg segment --model NAME` (see nucseg/weights/MODEL_CARD.md)
+SHIPPED = {"he": "default.pt", "fluo": "fluo.pt", "weaveseg": "weaveseg.pt"}
+DEFAULT_MODEL = WEIGHTS / SHIPPED["he"]
+AUTO = "auto"  # one shipped model per modality, chosen per image (`detect_modality`), as StarDist ships two
 
 
-def resolve_model(model: str | None, checkpoint: str | None = None) -> Path:
-    """--model: omitted or 'default' -> the shipped model; a run directory or checkpoint file -> that; a method name
-    with `checkpoint` -> that checkpoint, checked to belong to the method."""
+def detect_modality(image) -> str:
+    """'fluo' for images the fluorescence model knows (greyscale, or a dark background: fluorescence, greyscale
+    brightfield), 'he' for colour brightfield (H&E, IHC).
+
+    Greyscale: one channel, or RGB whose channels differ by under 4 grey levels on average. Dark background: the
+    median luminance under 70 (nuclei on black). Simple on purpose; pass --model he|fluo to override."""
+    import numpy as np
+
+    img = image if image.ndim == 3 else image[..., None]
+    if img.dtype != np.uint8:
+        return "fluo"  # 16-bit stacks are fluorescence in practice
+    step = max(1, int(np.sqrt(img.shape[0] * img.shape[1] / 250_000)))  # ~250k pixels are plenty for statistics
+    sample = img[::step, ::step].astype(np.int16)
+    if sample.shape[-1] == 1:
+        return "fluo"
+    rgb = sample[..., :3]
+    if np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean() < 4:
+        return "fluo"
+    return "fluo" if np.median(rgb.mean(axis=-1)) < 70 else "he"
+
+
+def resolve_model(model: str | None, checkpoint: str | None = None) -> Path | str:
+    """--model: omitted, 'default' or 'auto' -> AUTO (the shipped H&E or fluorescence model, per image); a shipped
+    name (he, fluo, weaveseg) -> its file; a run directory or checkpoint file -> that; a method name with
+    `checkpoint` -> that checkpoint, checked to belong to the method."""
     if checkpoint is not None:
         from nucseg.engine.checkpoints import load_checkpoint
 
         found = load_checkpoint(checkpoint)["method"]
-        if model not in (None, "", "default") and model != found:
+        if model not in (None, "", "default", AUTO) and model != found:
             raise ValueError(f"{checkpoint}: a '{found}' checkpoint, not '{model}'")
         return Path(checkpoint)
-    if model in (None, "", "default"):
-        if not DEFAULT_MODEL.is_file():
-            raise FileNotFoundError(f"{DEFAULT_MODEL}: the shipped default model is missing from this installation")
-        return DEFAULT_MODEL
+    if model in (None, "", "default", AUTO):
+        return AUTO
+    if model in SHIPPED:
+        path = WEIGHTS / SHIPPED[model]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the shipped model '{model}' is missing from this installation")
+        return path
     path = Path(model)
     if path.exists():
         return path
@@ -38,7 +67,7 @@ def resolve_model(model: str | None, checkpoint: str | None = None) -> Path:
     if model in list_methods():
         raise ValueError(f"model '{model}' needs trained weights: add --checkpoint CKPT, or pass a run directory or "
                          "checkpoint to --model")
-    raise FileNotFoundError(f"{model}: no such model, run directory or checkpoint")
+    raise FileNotFoundError(f"{model}: no such model, run directory or checkpoint (shipped: {', '.join(SHIPPED)})")
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -67,12 +96,21 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
     files = collect_inputs(inputs)
     if not files:
         raise ValueError("no input images (png/jpg/tif) found")
-    method, net, cfg = build_from_checkpoint(resolve_model(model, checkpoint))
+    resolved = resolve_model(model, checkpoint)
     device = default_device()
-    if batch_size:
-        cfg.infer.batch_size = batch_size
-    cfg.infer.tta = tta
-    predictor = Predictor.for_run(method, net, cfg, device, precision)
+    predictors: dict[str, Predictor] = {}
+
+    def predictor_for(image) -> tuple[str, Predictor]:
+        """The predictor for this image, loaded on first use (with AUTO, each modality's model once)."""
+        key = detect_modality(image) if resolved == AUTO else str(resolved)
+        if key not in predictors:
+            method, net, cfg = build_from_checkpoint(WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved)
+            if batch_size:
+                cfg.infer.batch_size = batch_size
+            cfg.infer.tta = tta
+            predictors[key] = Predictor.for_run(method, net, cfg, device, precision)
+        return key, predictors[key]
+
     report = SegmentReport()
     items = files
     if progress:
@@ -96,6 +134,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
             try:
                 t0 = time.perf_counter()
                 image = read_image(path)
+                used, predictor = predictor_for(image)
                 inst = predictor.segment(image, mpp)
             except InputError as exc:
                 report.failed.append((str(path), exc.problem))
@@ -106,7 +145,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
             if pending is not None:
                 collect(pending)
             row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "nuclei": len(inst),
-                   "seconds": time.perf_counter() - t0}
+                   "model": Path(used).stem if resolved != AUTO else used, "seconds": time.perf_counter() - t0}
             pending = (path, writer.submit(write_outputs, Path(out_dir), path.stem, image, inst, outputs, mpp), row)
         if pending is not None:
             collect(pending)

@@ -64,7 +64,8 @@ class _StepSampler(torch.utils.data.Sampler):
 
 def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict[str, float]:
     """Mean AJI / PQ / Dice per validation set and over all images."""
-    predictor = Predictor.for_run(method, model, cfg, device, precision)
+    # torch: the weights change between validations, so an exported runtime would be rebuilt each time
+    predictor = Predictor.for_run(method, model, cfg, device, precision, runtime="torch")
     rows = []
     out: dict[str, float] = {}
     for name, samples in val_sets.items():

@@ -80,9 +80,9 @@ def tune_postprocess(run: str | Path, metric: str = "aji", rounds: int = 2, log=
     return {"before": before, "after": best, "params": params}
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, overrides: list[str] | None = None) -> Path:
+def export_checkpoint(src: str | Path, dst: str | Path, overrides: list[str] | None = None, fp16: bool = False) -> Path:
     """A deployable file: weights and resolved config only (no optimizer state). `overrides` (`infer.mpp=0.25`)
-    change inference settings recorded with the model."""
+    change inference settings recorded with the model; `fp16` halves the file (weights stored at half precision)."""
     method, model, cfg = build_from_checkpoint(src)
     if overrides:
         from omegaconf import OmegaConf
@@ -93,4 +93,4 @@ def export_checkpoint(src: str | Path, dst: str | Path, overrides: list[str] | N
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)))
     ckpt = load_checkpoint(src)
     extra = {k: ckpt[k] for k in ("step", "scores", "tuning") if k in ckpt}
-    return save_checkpoint(dst, model, cfg, **extra)
+    return save_checkpoint(dst, model, cfg, fp16=fp16, **extra)

@@ -52,7 +52,7 @@ WATERSHED_GRID: dict[str, list] = {
     "marker_threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65],
     "interior_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
     "fg_threshold": [0.35, 0.4, 0.45, 0.5, 0.55, 0.6],
-    "min_area": [6, 12, 20, 30, 45, 60, 80],  # pixels at the model's resolution (at 0.25 µm/px: 0.4 to 5 µm²)
+    "min_area": [6, 12, 20, 30, 45, 60, 80, 110, 150],  # px at the model's resolution (at 0.25 µm/px: 0.4-9 µm²)
 }
 
 

@@ -1,0 +1,58 @@
+"""The OpenVINO forward pass equals torch's, is cached, and falls back to torch when it cannot run."""
+
+import numpy as np
+import pytest
+import torch
+
+from nucseg.data.synthetic import synthetic_sample
+from nucseg.engine import runtime as R
+from nucseg.engine.config import InferConfig
+from nucseg.engine.infer import Predictor
+from nucseg.methods import get_method
+
+pytestmark = pytest.mark.skipif(not R.openvino_available(), reason="openvino / onnx not installed")
+
+
+def tiny_unet():
+    method = get_method("unet")({"encoder": "test_efficientnet", "decoder_channels": [16, 16, 8, 8, 8]})
+    torch.manual_seed(0)
+    return method, method.build_model()
+
+
+def test_openvino_equals_torch_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    method, model = tiny_unet()
+    image = synthetic_sample(150, 12, seed=4).image  # not a multiple of 32: padded, as in real use
+    cfg = InferConfig(window=128, overlap=32)
+    fast = Predictor(method, model, cfg, runtime="openvino")
+    assert fast.runtime == "openvino"
+    ref = Predictor(method, model, cfg, runtime="torch")
+    a, b = fast.dense(image), ref.dense(image)
+    for k in b:
+        assert np.abs(a[k] - b[k]).max() < 1e-4
+    assert np.array_equal(fast.segment(image).labels, ref.segment(image).labels)
+    Predictor(method, model, cfg, runtime="openvino")  # the same weights reuse the cached export
+    assert len(list((tmp_path / "openvino").glob("*.onnx"))) == 1
+
+
+def test_auto_picks_openvino_on_cpu_fp32_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert R.resolve_runtime("auto", cpu, "fp32") == "openvino"
+    assert R.resolve_runtime("auto", cpu, "bf16") == "torch"
+    assert R.resolve_runtime("auto", cuda, "bf16") == "torch"
+    with pytest.raises(ValueError, match="runtime must be"):
+        R.resolve_runtime("tensorrt", cpu, "fp32")
+
+
+def test_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed")
+
+    monkeypatch.setattr(R, "OpenVINODense", broken)
+    method, model = tiny_unet()
+    with pytest.warns(UserWarning, match="using torch"):
+        p = Predictor(method, model, InferConfig(window=64), runtime="openvino")
+    assert p.runtime == "torch"
+    assert p.segment(synthetic_sample(64, 5, seed=1).image).labels.shape == (64, 64)
