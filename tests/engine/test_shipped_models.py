@@ -1,0 +1,51 @@
+"""The shipped models: one per modality chosen per image, and each loads by name with no checkpoint argument."""
+
+import numpy as np
+import pytest
+
+from nucseg.data.synthetic import synthetic_sample
+from nucseg.engine.segment import AUTO, SHIPPED, WEIGHTS, detect_modality, resolve_model, segment_files
+from nucseg.io.images import write_image
+
+
+def test_detect_modality_on_synthetic_images():
+    assert detect_modality(synthetic_sample(96, 10, style="he", seed=1).image) == "he"
+    fluo = synthetic_sample(96, 10, style="fluorescence", seed=1).image
+    assert detect_modality(fluo) == "fluo"
+    assert detect_modality(fluo[..., :1]) == "fluo"
+    assert detect_modality(np.repeat(fluo[..., :1], 3, axis=-1)) == "fluo"
+    assert detect_modality(fluo.astype(np.uint16) * 200) == "fluo"
+
+
+def test_detect_modality_on_real_images(shared_data):
+    from nucseg.io.images import read_image
+
+    for path in sorted((shared_data / "monuseg-train" / "images").glob("*.png"))[:3]:
+        assert detect_modality(read_image(path)) == "he", path
+    # DSB2018 is mostly greyscale fluorescence; its few stained-tissue images may go to the H&E model
+    dsb = sorted((shared_data / "dsb2018-train" / "images").glob("*.png"))[:40]
+    chosen = [detect_modality(read_image(p)) for p in dsb]
+    assert chosen.count("fluo") >= 0.8 * len(chosen)
+
+
+def test_names_resolve_to_shipped_files():
+    assert resolve_model(None) == AUTO and resolve_model("default") == AUTO
+    for name, file in SHIPPED.items():
+        assert resolve_model(name) == WEIGHTS / file and (WEIGHTS / file).is_file()
+    with pytest.raises(FileNotFoundError, match="shipped: he, fluo, weaveseg"):
+        resolve_model("nonsense")
+
+
+def test_auto_picks_a_model_per_image(tmp_path):
+    write_image(tmp_path / "in" / "he.png", synthetic_sample(96, 10, style="he", seed=2).image)
+    write_image(tmp_path / "in" / "fluo.png", synthetic_sample(96, 10, style="fluorescence", seed=2).image[..., 0])
+    report = segment_files([str(tmp_path / "in")], tmp_path / "out", progress=False)
+    assert not report.failed
+    assert {r["image"]: r["model"] for r in report.rows} == {"he.png": "he", "fluo.png": "fluo"}
+
+
+def test_weaveseg_by_name(tmp_path):
+    write_image(tmp_path / "in" / "a.png", synthetic_sample(64, 6, seed=3).image)
+    report = segment_files([str(tmp_path / "in")], tmp_path / "out", model="weaveseg", progress=False,
+                           outputs=("labels",))
+    assert not report.failed and report.rows[0]["model"] == "weaveseg"
