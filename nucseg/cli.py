@@ -91,7 +91,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     outputs = tuple("overlay" if o == "overlays" else o for o in outputs)
     report = segment_files(args.inputs, args.out, args.model, outputs, args.mpp, args.batch_size, args.threads,
-                           args.tta, precision=args.precision, checkpoint=args.checkpoint)
+                           args.tta, precision=args.precision, checkpoint=args.checkpoint, runtime=args.runtime)
     if report.rows:
         width = max(len(r["image"]) for r in report.rows)
         mwidth = max(len(r["model"]) for r in report.rows + [{"model": "model"}])
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shipped model (he, fluo, weaveseg), a run directory, a checkpoint (.ckpt/.pt), or a method name "
                    "with --checkpoint")
     p.add_argument("--checkpoint", help="trained weights for --model NAME (e.g. --model weaveseg --checkpoint best.ckpt)")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None,
+                   help="forward pass: auto (OpenVINO on the CPU in fp32 when installed, else torch; the model's "
+                   "infer.runtime), torch, or openvino")
     p.add_argument("--out", default="nucseg-output", help="output folder (default nucseg-output)")
     p.add_argument("--outputs", default="labels,overlay,geojson,csv", help="comma-separated: labels,overlay,geojson,csv")
     p.add_argument("--mpp", type=float, help="microns per pixel of the inputs: CSV/GeoJSON measurements in µm, and images are "

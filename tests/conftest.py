@@ -9,6 +9,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED = Path(os.environ.get("NUCSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_runtime_cache(tmp_path_factory):
+    """OpenVINO exports made by tests go to a temporary folder, not the user's ~/.cache/nucseg."""
+    os.environ["NUCSEG_CACHE"] = str(tmp_path_factory.mktemp("nucseg-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():

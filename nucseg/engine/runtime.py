@@ -72,7 +72,7 @@ class OpenVINODense:
             reference = method.predict_dense(model, probe)
         self.keys = sorted(reference)
         wrapped = _DenseOutputs(method, model, self.keys).eval()
-        onnx_path = self._export(wrapped, method, channels)
+        self.onnx_path = onnx_path = self._export(wrapped, method, channels)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}

@@ -90,7 +90,7 @@ class SegmentReport:
 def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = None, outputs=("labels", "overlay",
                   "geojson", "csv"), mpp: float | None = None, batch_size: int | None = None, threads: int = 0,
                   tta: bool = False, precision: str = "auto", progress: bool = True,
-                  checkpoint: str | None = None) -> SegmentReport:
+                  checkpoint: str | None = None, runtime: str | None = None) -> SegmentReport:
     configure_malloc()
     set_threads(threads)
     files = collect_inputs(inputs)
@@ -108,7 +108,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
             if batch_size:
                 cfg.infer.batch_size = batch_size
             cfg.infer.tta = tta
-            predictors[key] = Predictor.for_run(method, net, cfg, device, precision)
+            predictors[key] = Predictor.for_run(method, net, cfg, device, precision, runtime)
         return key, predictors[key]
 
     report = SegmentReport()
@@ -135,6 +135,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
                 t0 = time.perf_counter()
                 image = read_image(path)
                 used, predictor = predictor_for(image)
+                model_label = used if resolved == AUTO else (model if model in SHIPPED else Path(used).stem)
                 inst = predictor.segment(image, mpp)
             except InputError as exc:
                 report.failed.append((str(path), exc.problem))
@@ -145,7 +146,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
             if pending is not None:
                 collect(pending)
             row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "nuclei": len(inst),
-                   "model": Path(used).stem if resolved != AUTO else used, "seconds": time.perf_counter() - t0}
+                   "model": model_label, "seconds": time.perf_counter() - t0}
             pending = (path, writer.submit(write_outputs, Path(out_dir), path.stem, image, inst, outputs, mpp), row)
         if pending is not None:
             collect(pending)
