@@ -98,14 +98,22 @@ class OpenVINODense:
         except OSError:
             folder = Path(tempfile.mkdtemp(prefix="nucseg-openvino-"))
         path = folder / f"{digest.hexdigest()[:24]}.onnx"
+        failed = path.with_suffix(".failed")  # a model that cannot export is not retried at every start
         if path.is_file():
             return path
+        if failed.is_file():
+            raise RuntimeError(f"export failed before ({failed}): {failed.read_text().strip()}")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (torch.rand(1, channels, 64, 64),), str(tmp), input_names=["image"],
-                              output_names=wrapped.keys, dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}},
-                              opset_version=17, dynamo=False)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(wrapped, (torch.rand(1, channels, 64, 64),), str(tmp), input_names=["image"],
+                                  output_names=wrapped.keys, dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}},
+                                  opset_version=17, dynamo=False)
+        except Exception as exc:
+            failed.write_text(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}\n")
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)  # atomic: a concurrent run sees the whole file or none
         return path
 

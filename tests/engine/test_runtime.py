@@ -56,3 +56,19 @@ def test_falls_back_to_torch_with_a_warning(tmp_path, monkeypatch):
         p = Predictor(method, model, InferConfig(window=64), runtime="openvino")
     assert p.runtime == "torch"
     assert p.segment(synthetic_sample(64, 5, seed=1).image).labels.shape == (64, 64)
+
+
+def test_a_model_that_cannot_export_is_not_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    calls = []
+
+    def failing_export(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    method, model = tiny_unet()
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="using torch"):
+            assert Predictor(method, model, InferConfig(window=64), runtime="openvino").runtime == "torch"
+    assert len(calls) == 1
