@@ -31,17 +31,21 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, fp
     return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def resolve_checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory's best file (tuned, then best, then last)."""
     path = Path(path)
     if path.is_dir():
         for name in ("tuned.ckpt", "best.ckpt", "last.ckpt", "model.pt"):
             if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"{path}: no tuned.ckpt, best.ckpt, last.ckpt or model.pt in this run directory")
+                return path / name
+        raise FileNotFoundError(f"{path}: no tuned.ckpt, best.ckpt, last.ckpt or model.pt in this run directory")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = resolve_checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -64,16 +68,22 @@ def init_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
     return len(matched), len(own)
 
 
-def build_from_checkpoint(path: str | Path):
-    """(method, model in eval mode, run config) from a checkpoint file or run directory."""
+def method_from_checkpoint(path: str | Path, ckpt: dict | None = None):
+    """(method, run config) from a checkpoint file or run directory, without building the network."""
     from nucseg.methods import get_method
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     cfg = config_from_yaml(ckpt["config"])
     model_cfg = dict(cfg.model) if isinstance(cfg.model, dict) else cfg.model
     if isinstance(model_cfg, dict):
         model_cfg.pop("encoder_weights", None)  # the checkpoint holds the trained weights
-    method = get_method(cfg.method)(model_cfg)
+    return get_method(cfg.method)(model_cfg), cfg
+
+
+def build_from_checkpoint(path: str | Path):
+    """(method, model in eval mode, run config) from a checkpoint file or run directory."""
+    ckpt = load_checkpoint(path)
+    method, cfg = method_from_checkpoint(path, ckpt)
     model = method.build_model()
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)

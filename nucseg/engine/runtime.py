@@ -61,49 +61,49 @@ class _DenseOutputs(nn.Module):
 
 
 class OpenVINODense:
-    """Callable: NCHW float tensor (already normalised) -> {name: tensor}, the same maps as `predict_dense`."""
+    """Callable: NCHW float tensor (already normalised) -> {name: tensor}, the same maps as `predict_dense`.
 
-    def __init__(self, method, model: nn.Module, channels: int, threads: int | None = None):
-        import openvino as ov
+    Build it from a torch model (`OpenVINODense(method, model, channels, key)`: exported, compiled and checked
+    against torch once, then cached under `key`), or from the cache alone (`OpenVINODense.cached(key, channels)`),
+    which needs neither the torch model nor timm: a cached file exists only once its check has passed."""
 
+    def __init__(self, method, model: nn.Module, channels: int, key: str | None = None, threads: int | None = None):
         model = model.eval()
         probe = torch.rand(1, channels, 64, 64, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             reference = method.predict_dense(model, probe)
-        self.keys = sorted(reference)
-        wrapped = _DenseOutputs(method, model, self.keys).eval()
-        self.onnx_path = onnx_path = self._export(wrapped, method, channels)
+        keys = sorted(reference)
+        wrapped = _DenseOutputs(method, model, keys).eval()
+        path = cache_path(key or weights_key(method, model, channels))
+        if not path.is_file():
+            self._export_checked(wrapped, probe, reference, channels, path, threads)
+        self._compile(path, threads)
+
+    @classmethod
+    def cached(cls, key: str, threads: int | None = None) -> OpenVINODense | None:
+        path = cache_path(key)
+        if not path.is_file():
+            return None
+        self = cls.__new__(cls)
+        self._compile(path, threads)
+        return self
+
+    def _compile(self, path: Path, threads: int | None) -> None:
+        import openvino as ov
+
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
-        got = self(probe)
-        diff = max(float((got[k] - reference[k].float()).abs().max()) for k in self.keys)
-        if not diff <= _TOLERANCE:
-            raise RuntimeError(f"OpenVINO outputs differ from torch by {diff:.2e} (tolerance {_TOLERANCE})")
-        self.max_difference = diff
+        model = core.read_model(str(path))
+        self.keys = [o.get_any_name() for o in model.outputs]
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.onnx_path = path
 
-    @staticmethod
-    def _export(wrapped: nn.Module, method, channels: int) -> Path:
-        import openvino as ov
-
-        digest = hashlib.sha256()
-        for name, tensor in wrapped.model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        digest.update(f"{method.name}|{method.config}|{channels}|{torch.__version__}|{ov.__version__}".encode())
-        folder = cache_dir()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            folder = Path(tempfile.mkdtemp(prefix="nucseg-openvino-"))
-        path = folder / f"{digest.hexdigest()[:24]}.onnx"
+    def _export_checked(self, wrapped, probe, reference, channels: int, path: Path, threads) -> None:
         failed = path.with_suffix(".failed")  # a model that cannot export is not retried at every start
-        if path.is_file():
-            return path
         if failed.is_file():
             raise RuntimeError(f"export failed before ({failed}): {failed.read_text().strip()}")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -114,18 +114,59 @@ class OpenVINODense:
             failed.write_text(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}\n")
             tmp.unlink(missing_ok=True)
             raise
-        os.replace(tmp, path)  # atomic: a concurrent run sees the whole file or none
-        return path
+        try:
+            self._compile(tmp, threads)
+            got = self(probe)
+            diff = max(float((got[k] - reference[k].float()).abs().max()) for k in reference)
+            if not diff <= _TOLERANCE:
+                raise RuntimeError(f"OpenVINO outputs differ from torch by {diff:.2e} (tolerance {_TOLERANCE})")
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)  # only a checked export enters the cache; atomic for concurrent runs
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         result = self.compiled(np.ascontiguousarray(images.detach().cpu().float().numpy()))
         return {k: torch.from_numpy(result[i]) for i, k in enumerate(self.keys)}
 
 
-def openvino_or_none(method, model: nn.Module, channels: int) -> OpenVINODense | None:
+def cache_path(key: str) -> Path:
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "nucseg-openvino"
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{key}.onnx"
+
+
+def _versions() -> str:
+    import openvino as ov
+
+    return f"{torch.__version__}|{ov.__version__}|opset17"
+
+
+def weights_key(method, model: nn.Module, channels: int) -> str:
+    """Cache key of a model in memory: its weights, method config, channels and the runtime versions."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(f"{method.name}|{method.config}|{channels}|{_versions()}".encode())
+    return digest.hexdigest()[:24]
+
+
+def checkpoint_key(path: str | Path, fold_batchnorm: bool, channels: int) -> str:
+    """Cache key of a checkpoint file (its bytes, which include the config and thresholds), without loading it."""
+    digest = hashlib.sha256(Path(path).read_bytes())
+    digest.update(f"ckpt|{fold_batchnorm}|{channels}|{_versions()}".encode())
+    return digest.hexdigest()[:24]
+
+
+def openvino_or_none(method, model: nn.Module, channels: int, key: str | None = None) -> OpenVINODense | None:
     """An OpenVINO forward for `model`, or None (with a warning saying why) so the caller stays on torch."""
     try:
-        return OpenVINODense(method, model, channels)
+        return OpenVINODense(method, model, channels, key)
     except Exception as exc:  # any failure of an optional accelerator must not stop segmentation
         warnings.warn(f"OpenVINO runtime unavailable, using torch: {type(exc).__name__}: {exc}", stacklevel=2)
         return None

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nucseg.engine.checkpoints import build_from_checkpoint
+from nucseg.engine.checkpoints import resolve_checkpoint_file
 from nucseg.engine.device import configure_malloc, default_device, set_threads
 from nucseg.engine.infer import Predictor
 from nucseg.io.images import IMAGE_EXTENSIONS, InputError, read_image
@@ -104,11 +104,9 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         """The predictor for this image, loaded on first use (with AUTO, each modality's model once)."""
         key = detect_modality(image) if resolved == AUTO else str(resolved)
         if key not in predictors:
-            method, net, cfg = build_from_checkpoint(WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved)
-            if batch_size:
-                cfg.infer.batch_size = batch_size
-            cfg.infer.tta = tta
-            predictors[key] = Predictor.for_run(method, net, cfg, device, precision, runtime)
+            path = WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved
+            predictors[key] = Predictor.from_checkpoint(resolve_checkpoint_file(path), device, precision, runtime,
+                                                        batch_size, tta)
         return key, predictors[key]
 
     report = SegmentReport()

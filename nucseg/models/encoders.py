@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn as nn
 
@@ -76,6 +75,8 @@ def create_encoder(name: str, in_chans: int = 3, weights: str | None = None, out
     kwargs = {"features_only": True, "pretrained": False, "in_chans": in_chans}
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
+    import timm  # imported here: it takes seconds, and a cached OpenVINO model needs no torch encoder at all
+
     encoder = timm.create_model(name, **kwargs)
     if weights:
         load_encoder_weights(encoder, weights)

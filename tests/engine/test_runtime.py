@@ -72,3 +72,24 @@ def test_a_model_that_cannot_export_is_not_retried(tmp_path, monkeypatch):
         with pytest.warns(UserWarning, match="using torch"):
             assert Predictor(method, model, InferConfig(window=64), runtime="openvino").runtime == "torch"
     assert len(calls) == 1
+
+
+def test_cached_export_needs_no_torch_model(tmp_path, monkeypatch):
+    import dataclasses
+
+    from nucseg.engine.checkpoints import save_checkpoint
+    from nucseg.engine.config import RunConfig
+
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path / "cache"))
+    method, model = tiny_unet()
+    cfg = RunConfig(method="unet", model=dataclasses.asdict(method.config))
+    cfg.infer.window = 64
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, cfg)
+    image = synthetic_sample(100, 8, seed=6).image
+    first = Predictor.from_checkpoint(ckpt, precision="fp32")  # builds, exports, checks and caches
+    assert first.runtime == "openvino" and first.model is not None
+    second = Predictor.from_checkpoint(ckpt, precision="fp32")  # from the cache alone
+    assert second.runtime == "openvino" and second.model is None
+    assert np.array_equal(first.segment(image).labels, second.segment(image).labels)
+    torch_run = Predictor.from_checkpoint(ckpt, precision="fp32", runtime="torch")
+    assert np.array_equal(torch_run.segment(image).labels, second.segment(image).labels)
