@@ -9,7 +9,7 @@
 Then the levers, each A/B in the same run: the forward runtime (OpenVINO vs torch). Peak memory is each process's
 maximum RSS. Only the ratio holds: timings on these machines move by 2x between days.
 
-    python benchmarks/peers.py [--tiles 13] [--threads 2] [--stardist-venv .venv-stardist] [--rounds 2]
+    python benchmarks/peers.py [--model he] [--tiles 13] [--threads 2] [--stardist-venv .venv-stardist] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run_stardist(python: Path, tiles: list[Path], threads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_nucseg(tiles: list[Path], threads: int, runtime: str) -> dict:
+def run_nucseg(tiles: list[Path], threads: int, runtime: str, model: str = "he") -> dict:
     """The whole `nucseg segment` command in a fresh process: wall seconds per tile and the child's peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
@@ -51,7 +51,7 @@ def run_nucseg(tiles: list[Path], threads: int, runtime: str) -> dict:
             (folder / t.name).symlink_to(t)
         # `nucseg segment` exactly as the console script runs it, reporting its own peak RSS on the way out
         cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "segment", str(folder), "--out", f"{tmp}/out", "--threads",
-               str(threads), "--model", "he", "--runtime", runtime]
+               str(threads), "--model", model, "--runtime", runtime]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
@@ -66,6 +66,7 @@ _CLI_WITH_PEAK = ("import resource, sys; from nucseg.cli import main; rc = main(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="he", help="shipped name, run directory or checkpoint (default: he)")
     ap.add_argument("--tiles", type=int, default=13)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the median of each is reported")
@@ -74,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     tiles = sorted((Path(args.data) / "monuseg-train" / "images").glob("*.png"))[: args.tiles]
     python = stardist_python(Path(args.stardist_venv))
-    run_nucseg(tiles[:1], args.threads, "openvino")  # fills the OpenVINO export cache, as any first run would
+    run_nucseg(tiles[:1], args.threads, "openvino", args.model)  # fills the OpenVINO export cache, as any first run would
     rows: dict[str, list] = {"stardist": [], "openvino": [], "torch": []}
     peaks: dict[str, float] = {}
     for _ in range(args.rounds):  # alternate, so that a slow spell of the machine hits all three alike
@@ -82,11 +83,12 @@ def main() -> None:
         rows["stardist"].append(sd["mean_s"])
         peaks["stardist"] = sd["peak_rss_mib"]
         for runtime in ("openvino", "torch"):
-            r = run_nucseg(tiles, args.threads, runtime)
+            r = run_nucseg(tiles, args.threads, runtime, args.model)
             rows[runtime].append(r["seconds_per_tile"])
             peaks[runtime] = max(peaks.get(runtime, 0), r["peak_rss_mib"])
     med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
-    print(f"{len(tiles)} MoNuSeg tiles of 1000x1000, {args.threads} threads, {args.rounds} alternating rounds:")
+    print(f"model {args.model}; {len(tiles)} MoNuSeg tiles of 1000x1000, {args.threads} threads, "
+          f"{args.rounds} alternating rounds:")
     print(f"  StarDist (from the decoded array, no writing)      {med['stardist']:.2f} s per tile   "
           f"peak {peaks.get('stardist', 0):.0f} MiB   rounds {', '.join(f'{x:.2f}' for x in rows['stardist'])}")
     for runtime in ("openvino", "torch"):
