@@ -26,6 +26,9 @@ class InputError(ValueError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):  # picklable with both arguments, so it crosses from worker processes intact
+        return type(self), (self.path, self.problem)
+
 
 def _pil_open(path: Path) -> np.ndarray:
     from PIL import Image

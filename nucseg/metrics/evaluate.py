@@ -8,6 +8,7 @@ plus "bpq", "mpq", "mpq_plus", "f1_type" and "per_class" when type maps are give
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -74,30 +75,32 @@ def evaluate_folders(true_dir, pred_dir, true_types=None, pred_types=None, tissu
         class_ids = sorted({int(c) for stem in stems for c in np.unique(read_label(_typed_path(true_types, stem)))} - {0})
         typed = TypedAccumulator(class_ids=class_ids, radius=radius)
 
-    def score(stem: str):
-        t = read_label(truth[stem])
-        p = read_label(preds[stem]) if stem in preds else np.zeros_like(t)
-        if p.shape != t.shape:
-            raise InputError(preds[stem], f"prediction size {p.shape[1]}×{p.shape[0]} differs from ground truth "
-                             f"size {t.shape[1]}×{t.shape[0]}")
-        return t, p, instance_scores(t, p, radius=radius)
-
-    # Images are scored on a thread per core (PNG decoding and the numpy / scipy kernels release the GIL), in order
-    # (the typed accumulator and the report follow the stems), at most two per thread ahead so memory stays bounded.
+    # Images are scored in parallel, in order (the typed accumulator and the report follow the stems), at most two
+    # per worker ahead so memory stays bounded. Without type maps the workers are forked processes (the metrics hold
+    # the GIL often enough that threads scaled poorly); with them, threads, since the maps are needed here again.
+    import multiprocessing
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    pool = ThreadPoolExecutor(max_workers=workers)
+    keep_maps = typed is not None
+    jobs = [(truth[stem], preds.get(stem), radius, keep_maps) for stem in stems]
+    if not keep_maps and workers > 1 and "fork" in multiprocessing.get_all_start_methods() and len(stems) > 2:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+
+    queue = iter(jobs)
+    # the first jobs go in now, so that worker processes are forked before any other thread (tqdm's) exists
+    pending: deque = deque(pool.submit(_score_pair, *job) for job in itertools.islice(queue, 2 * workers))
 
     def in_order():
-        pending: deque = deque()
-        for stem in stems:
-            pending.append(pool.submit(score, stem))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            done = pending.popleft().result()
+            job = next(queue, None)
+            if job is not None:
+                pending.append(pool.submit(_score_pair, *job))
+            yield done
 
     results = in_order()
     if progress and len(stems) > 5:
@@ -120,6 +123,18 @@ def evaluate_folders(true_dir, pred_dir, true_types=None, pred_types=None, tissu
         result["per_class"] = agg["per_class"]
         result["per_tissue"] = agg.get("per_tissue", {})
     return result
+
+
+def _score_pair(true_path: Path, pred_path: Path | None, radius: float, keep_maps: bool):
+    """(true map, pred map, scores) of one pair; the maps only when `keep_maps` (a worker process sends the scores
+    alone). A missing prediction scores as an empty map."""
+    t = read_label(true_path)
+    p = read_label(pred_path) if pred_path is not None else np.zeros_like(t)
+    if p.shape != t.shape:
+        raise InputError(pred_path, f"prediction size {p.shape[1]}×{p.shape[0]} differs from ground truth "
+                         f"size {t.shape[1]}×{t.shape[0]}")
+    row = instance_scores(t, p, radius=radius)
+    return (t, p, row) if keep_maps else (None, None, row)
 
 
 def _typed_path(folder, stem: str) -> Path:

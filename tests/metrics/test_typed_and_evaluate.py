@@ -86,3 +86,14 @@ def test_evaluate_size_mismatch_names_file(tmp_path):
     write_label(tmp_path / "pred" / "a.png", np.zeros((5, 5), np.int32))
     with pytest.raises(ValueError, match="a.png.*differs"):
         evaluate_folders(tmp_path / "true", tmp_path / "pred", progress=False)
+
+
+def test_bad_pair_in_a_worker_process_names_the_file(tmp_path):
+    from nucseg.io.images import InputError, write_label
+    from nucseg.metrics.evaluate import evaluate_folders
+
+    for i in range(4):  # enough images for the process pool
+        write_label(tmp_path / "t" / f"{i}.png", np.ones((20, 20), np.int32))
+        write_label(tmp_path / "p" / f"{i}.png", np.ones((20, 21 if i == 2 else 20), np.int32))
+    with pytest.raises(InputError, match=r"2\.png: prediction size 21×20 differs"):
+        evaluate_folders(tmp_path / "t", tmp_path / "p", progress=False)
