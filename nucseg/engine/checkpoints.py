@@ -56,12 +56,14 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def init_weights(model: torch.nn.Module, path: str | Path) -> tuple[int, int]:
+def init_weights(model: torch.nn.Module, path: str | Path, only: list[str] | None = None) -> tuple[int, int]:
     """Start `model` from a checkpoint's weights where names and shapes match (fine-tuning a changed architecture,
-    e.g. a new head or decoder depth). Returns (tensors loaded, tensors in the model)."""
+    e.g. a new head or decoder depth), and, with `only`, where the name starts with one of those prefixes (e.g.
+    ["encoder."] to start a different decoder from scratch). Returns (tensors loaded, tensors in the model)."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
-    matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    matched = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape
+               and (not only or any(k.startswith(prefix) for prefix in only))}
     if not matched:
         raise ValueError(f"{path}: no weights match this model's names and shapes")
     model.load_state_dict(matched, strict=False)

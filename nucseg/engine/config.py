@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 5.0
     init_from: str | None = None  # checkpoint or run dir: start from its weights where names and shapes match
+    init_only: list[str] = field(default_factory=list)  # with init_from: only names with these prefixes ("encoder.")
 
 
 @dataclass

@@ -120,7 +120,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         optimizer.load_state_dict(ckpt["optimizer"])
         start_step, best, best_step = int(ckpt["step"]), float(ckpt["best"]), int(ckpt["best_step"])
     elif cfg.train.init_from:
-        loaded, total = init_weights(model, cfg.train.init_from)
+        loaded, total = init_weights(model, cfg.train.init_from, cfg.train.init_only)
         if rank == 0:
             print(f"init_from {cfg.train.init_from}: {loaded} of {total} tensors loaded")
     if rank == 0:

@@ -92,3 +92,10 @@ def test_init_weights_loads_matching_tensors(tmp_path):
     assert torch.equal(target.decoder[0].conv[0][0].weight, source.decoder[0].conv[0][0].weight)
     with pytest.raises(ValueError, match="no weights match"):
         init_weights(torch.nn.Linear(2, 2), tmp_path / "a.ckpt")
+    fresh = UNet("test_efficientnet", decoder_channels=(16, 16, 8, 8, 4), heads={"logits": 3})
+    before = fresh.decoder[0].conv[0][0].weight.clone()
+    only_encoder, _ = init_weights(fresh, tmp_path / "a.ckpt", only=["encoder."])
+    assert 0 < only_encoder < loaded
+    assert torch.equal(fresh.decoder[0].conv[0][0].weight, before)  # the decoder keeps its own initialisation
+    assert all(torch.equal(a, b) for a, b in zip(fresh.encoder.state_dict().values(),
+                                                 source.encoder.state_dict().values()))
