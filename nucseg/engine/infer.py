@@ -193,17 +193,22 @@ class Predictor:
                 norm[rsl] += weight
         return {k: v / norm for k, v in acc.items()}
 
+    def single_pass(self, image: np.ndarray, mpp: float | None = None) -> bool:
+        """Whether `segment` is `method.postprocess(dense(image))`: no resampling to the model's resolution and no
+        block tiling (so a caller may run the two steps on different threads)."""
+        scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
+        return abs(scale - 1.0) <= 0.05 and max(image.shape[:2]) <= self.cfg.block_size
+
     def segment(self, image: np.ndarray, mpp: float | None = None) -> Instances:
         """Instances of a whole image; images larger than `block_size` go block by block (see `segment_blocks`).
 
         With the image's `mpp` and the model's (`infer.mpp`) both known and more than 5 % apart, the image is
         resampled to the model's resolution and the instances mapped back (nearest neighbour) to the image's pixels."""
+        if self.single_pass(image, mpp):
+            return self.method.postprocess(self.dense(image))
         scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
         if abs(scale - 1.0) > 0.05:
             return self._segment_rescaled(image, scale)
-        h, w = image.shape[:2]
-        if max(h, w) <= self.cfg.block_size:
-            return self.method.postprocess(self.dense(image))
         return self.segment_blocks(image, self.cfg.block_size, self.cfg.block_margin)
 
     def _segment_rescaled(self, image: np.ndarray, scale: float) -> Instances:

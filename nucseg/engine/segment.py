@@ -119,13 +119,20 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
     def collect(job) -> None:
         path, future, row = job
         try:
-            future.result()
+            row["nuclei"] = future.result()
             report.rows.append(row)
         except Exception as exc:
-            report.failed.append((str(path), f"writing outputs failed: {type(exc).__name__}: {exc}"))
+            report.failed.append((str(path), f"post-processing or writing failed: {type(exc).__name__}: {exc}"))
 
-    # Outputs are written on a background thread while the next image is predicted (PNG encoding, OpenCV and
-    # torch release the GIL), one image in flight at a time so memory stays bounded.
+    def finish(path: Path, image, predictor: Predictor, dense) -> int:
+        """Post-process (when the forward pass was split from it) and write; runs on the background thread."""
+        inst = predictor.method.postprocess(dense) if isinstance(dense, dict) else dense
+        write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp)
+        return len(inst)
+
+    # The main thread reads and runs the forward pass; post-processing and writing run on a background thread while
+    # the next image is predicted (PNG encoding, scipy, OpenCV, OpenVINO and torch release the GIL). One image in
+    # flight at a time, so memory stays bounded.
     pending = None
     with ThreadPoolExecutor(max_workers=1) as writer:
         for path in items:
@@ -134,7 +141,8 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
                 image = read_image(path)
                 used, predictor = predictor_for(image)
                 model_label = used if resolved == AUTO else (model if model in SHIPPED else Path(used).stem)
-                inst = predictor.segment(image, mpp)
+                # whole images within one block need no stitching: their post-processing can move off this thread
+                result = predictor.dense(image) if predictor.single_pass(image, mpp) else predictor.segment(image, mpp)
             except InputError as exc:
                 report.failed.append((str(path), exc.problem))
                 continue
@@ -143,9 +151,9 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
                 continue
             if pending is not None:
                 collect(pending)
-            row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "nuclei": len(inst),
-                   "model": model_label, "seconds": time.perf_counter() - t0}
-            pending = (path, writer.submit(write_outputs, Path(out_dir), path.stem, image, inst, outputs, mpp), row)
+            row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "model": model_label,
+                   "seconds": time.perf_counter() - t0}
+            pending = (path, writer.submit(finish, path, image, predictor, result), row)
         if pending is not None:
             collect(pending)
     return report
