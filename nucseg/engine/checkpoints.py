@@ -82,9 +82,9 @@ def method_from_checkpoint(path: str | Path, ckpt: dict | None = None):
     return get_method(cfg.method)(model_cfg), cfg
 
 
-def build_from_checkpoint(path: str | Path):
-    """(method, model in eval mode, run config) from a checkpoint file or run directory."""
-    ckpt = load_checkpoint(path)
+def build_from_checkpoint(path: str | Path, ckpt: dict | None = None):
+    """(method, model in eval mode, run config) from a checkpoint file or run directory (or its loaded `ckpt`)."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     method, cfg = method_from_checkpoint(path, ckpt)
     model = method.build_model()
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}

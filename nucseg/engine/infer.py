@@ -79,8 +79,9 @@ class Predictor:
             self.runtime = "torch"
 
     @classmethod
-    def for_run(cls, method: Method, model: nn.Module, cfg, device: torch.device | None = None,
-                precision: str | None = None, runtime: str | None = None) -> Predictor:
+    def for_run(cls, method: Method, model: nn.Module | None, cfg, device: torch.device | None = None,
+                precision: str | None = None, runtime: str | None = None, runtime_key: str | None = None,
+                prebuilt=None) -> Predictor:
         """A predictor with the run's window, channels, runtime and stain normalisation (refitted from its
         reference)."""
         from nucseg.data.dataset import stain_normalizer
@@ -89,7 +90,7 @@ class Predictor:
         device = device or default_device()
         precision = resolve_precision(precision or cfg.train.precision, device)
         return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data),
-                   runtime or cfg.infer.runtime)
+                   runtime or cfg.infer.runtime, runtime_key, prebuilt)
 
     @classmethod
     def from_checkpoint(cls, path, device: torch.device | None = None, precision: str | None = None,
@@ -97,30 +98,30 @@ class Predictor:
         """A predictor for a checkpoint file. With the OpenVINO runtime and this file's checked export already in
         the cache, the torch model is never built (no timm import, no weight loading, no BatchNorm folding):
         start-up drops by seconds."""
-        from nucseg.data.dataset import stain_normalizer
-        from nucseg.engine.checkpoints import build_from_checkpoint, method_from_checkpoint
+        from nucseg.engine.checkpoints import build_from_checkpoint, load_checkpoint, method_from_checkpoint
         from nucseg.engine.device import default_device, resolve_precision
-        from nucseg.engine.runtime import OpenVINODense, checkpoint_key, resolve_runtime
+        from nucseg.engine.runtime import OpenVINODense, cache_path, checkpoint_key, resolve_runtime
 
         device = device or default_device()
-        method, cfg = method_from_checkpoint(path)
+        ckpt = load_checkpoint(path)
+        method, cfg = method_from_checkpoint(path, ckpt)
         if batch_size:
             cfg.infer.batch_size = batch_size
         cfg.infer.tta = tta
         precision = resolve_precision(precision or cfg.train.precision, device)
         runtime = resolve_runtime(runtime or cfg.infer.runtime, device, precision)
-        key = checkpoint_key(path, cfg.infer.fold_batchnorm, cfg.data.channels) if runtime == "openvino" else None
-        normalizer = stain_normalizer(cfg.data)
-        if key is not None:
+        key = None
+        if runtime == "openvino":
+            key = checkpoint_key(path, cfg.infer.fold_batchnorm, cfg.data.channels)
             try:
                 cached = OpenVINODense.cached(key)
-            except Exception:  # an unreadable cache entry: rebuild it from the torch model below
+            except Exception:  # an unreadable cache entry: drop it, so it is exported again below
+                cache_path(key).unlink(missing_ok=True)
                 cached = None
             if cached is not None:
-                return cls(method, None, cfg.infer, cfg.data.channels, device, precision, normalizer, runtime, key,
-                           cached)
-        _, model, _ = build_from_checkpoint(path)
-        return cls(method, model, cfg.infer, cfg.data.channels, device, precision, normalizer, runtime, key)
+                return cls.for_run(method, None, cfg, device, precision, runtime, key, cached)
+        _, model, _ = build_from_checkpoint(path, ckpt)
+        return cls.for_run(method, model, cfg, device, precision, runtime, key)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         image = to_uint8(image if image.ndim == 3 else image[..., None])

@@ -12,6 +12,7 @@ from nucseg.engine.device import configure_malloc, default_device, set_threads
 from nucseg.engine.infer import Predictor
 from nucseg.io.images import IMAGE_EXTENSIONS, InputError, read_image
 from nucseg.io.writers import write_outputs
+from nucseg.structures import Instances
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 # models shipped in the package, by name: `nucseg segment --model NAME` (see nucseg/weights/MODEL_CARD.md)
@@ -24,7 +25,7 @@ def detect_modality(image) -> str:
     """'fluo' for images the fluorescence model knows (greyscale, or a dark background: fluorescence, greyscale
     brightfield), 'he' for colour brightfield (H&E, IHC).
 
-    Greyscale: one channel, or RGB whose channels differ by under 4 grey levels on average. Dark background: the
+    Greyscale: one channel, or RGB with mean |R - G| + mean |G - B| under 4 grey levels. Dark background: the
     median luminance under 70 (nuclei on black). Simple on purpose; pass --model he|fluo to override."""
     import numpy as np
 
@@ -124,9 +125,10 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         except Exception as exc:
             report.failed.append((str(path), f"post-processing or writing failed: {type(exc).__name__}: {exc}"))
 
-    def finish(path: Path, image, predictor: Predictor, dense) -> int:
-        """Post-process (when the forward pass was split from it) and write; runs on the background thread."""
-        inst = predictor.method.postprocess(dense) if isinstance(dense, dict) else dense
+    def finish(path: Path, image, predictor: Predictor, result: Instances | dict) -> int:
+        """Post-process `result` when it is still dense maps, write the outputs, return the nucleus count; runs on
+        the background thread."""
+        inst = result if isinstance(result, Instances) else predictor.method.postprocess(result)
         write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp)
         return len(inst)
 

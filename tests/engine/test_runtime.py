@@ -93,3 +93,21 @@ def test_cached_export_needs_no_torch_model(tmp_path, monkeypatch):
     assert np.array_equal(first.segment(image).labels, second.segment(image).labels)
     torch_run = Predictor.from_checkpoint(ckpt, precision="fp32", runtime="torch")
     assert np.array_equal(torch_run.segment(image).labels, second.segment(image).labels)
+
+
+def test_a_corrupt_cache_entry_is_exported_again(tmp_path, monkeypatch):
+    import dataclasses
+
+    from nucseg.engine.checkpoints import save_checkpoint
+    from nucseg.engine.config import RunConfig
+
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path / "cache"))
+    method, model = tiny_unet()
+    cfg = RunConfig(method="unet", model=dataclasses.asdict(method.config))
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, cfg)
+    Predictor.from_checkpoint(ckpt, precision="fp32")
+    (entry,) = (tmp_path / "cache" / "openvino").glob("*.onnx")
+    entry.write_bytes(b"not an onnx file")
+    again = Predictor.from_checkpoint(ckpt, precision="fp32")
+    assert again.runtime == "openvino" and again.model is not None  # rebuilt from the torch model
+    assert entry.stat().st_size > 1000
