@@ -56,7 +56,8 @@ class InferConfig:
     fold_batchnorm: bool = True  # fold BatchNorm into the preceding convolutions (same outputs, faster)
     # forward pass: auto (OpenVINO for fp32 on the CPU when installed, else torch) | torch | openvino
     runtime: str = "auto"
-    block_size: int = 2048  # images larger than this are segmented in blocks and stitched
+    block_size: int = 2048  # unused since images larger than `window` go tile by tile; kept so old checkpoints load
+    # context on each side of a tile's core (`nucseg.engine.tiles`): wider than a nucleus, so none is cut
     block_margin: int = 64
 
 

@@ -12,7 +12,6 @@ import torch.nn as nn
 from nucseg.data.dataset import to_channels, to_uint8
 from nucseg.engine.config import InferConfig
 from nucseg.engine.device import autocast
-from nucseg.labels import centroids, relabel_sequential
 from nucseg.methods.base import Method
 from nucseg.structures import Instances
 
@@ -161,6 +160,15 @@ class Predictor:
             return {k: v[0, :, :h, :w] for k, v in out.items()}
         return self._dense_region(self._pad_to_window(image), (0, h, 0, w))
 
+    def dense_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Dense maps of equally sized images (slide tiles) in one forward pass: no windows and no blending, so the
+        tile size sets the memory. Height and width must be multiples of 32 (the encoder's stride)."""
+        batch = np.stack([self.prepare(im).transpose(2, 0, 1) for im in images])
+        if batch.shape[2] % 32 or batch.shape[3] % 32:
+            raise ValueError(f"tile size {batch.shape[2]}×{batch.shape[3]} is not a multiple of 32")
+        out = self._forward(np.ascontiguousarray(batch))
+        return [{k: v[j] for k, v in out.items()} for j in range(len(images))]
+
     def _pad_to_window(self, image: np.ndarray) -> np.ndarray:
         win = self.cfg.window
         ph, pw = max(win - image.shape[0], 0), max(win - image.shape[1], 0)
@@ -195,13 +203,13 @@ class Predictor:
         return {k: v / norm for k, v in acc.items()}
 
     def single_pass(self, image: np.ndarray, mpp: float | None = None) -> bool:
-        """Whether `segment` is `method.postprocess(dense(image))`: no resampling to the model's resolution and no
-        block tiling (so a caller may run the two steps on different threads)."""
+        """Whether `segment` is `method.postprocess(dense(image))`: no resampling to the model's resolution and one
+        forward pass (so a caller may run the two steps on different threads)."""
         scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
-        return abs(scale - 1.0) <= 0.05 and max(image.shape[:2]) <= self.cfg.block_size
+        return abs(scale - 1.0) <= 0.05 and max(image.shape[:2]) <= self.cfg.window
 
     def segment(self, image: np.ndarray, mpp: float | None = None) -> Instances:
-        """Instances of a whole image; images larger than `block_size` go block by block (see `segment_blocks`).
+        """Instances of a whole image; images larger than one window go tile by tile (`segment_tiles`).
 
         With the image's `mpp` and the model's (`infer.mpp`) both known and more than 5 % apart, the image is
         resampled to the model's resolution and the instances mapped back (nearest neighbour) to the image's pixels."""
@@ -210,7 +218,10 @@ class Predictor:
         scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
         if abs(scale - 1.0) > 0.05:
             return self._segment_rescaled(image, scale)
-        return self.segment_blocks(image, self.cfg.block_size, self.cfg.block_margin)
+        from nucseg.engine.tiles import default_tile
+
+        margin = self.cfg.block_margin
+        return self.segment_tiles(image, default_tile(self.cfg.window, margin), margin)
 
     def _segment_rescaled(self, image: np.ndarray, scale: float) -> Instances:
         import cv2
@@ -227,36 +238,32 @@ class Predictor:
         return Instances(labels, {i: c for i, c in inst.classes.items() if i in kept},
                          {i: s for i, s in inst.scores.items() if i in kept})
 
-    def segment_blocks(self, image: np.ndarray, block: int, margin: int) -> Instances:
-        """Segment block by block with `margin` pixels of context on each side. Each block keeps the instances whose
-        centroid lies in its core; they are pasted onto pixels no earlier instance holds, so nothing is duplicated
-        and, with a margin wider than a nucleus, the result equals segmenting the whole image."""
+    def segment_tiles(self, image: np.ndarray, tile: int, margin: int) -> Instances:
+        """Segment tile by tile with `margin` pixels of context (`nucseg.engine.tiles`: the mechanism slides use
+        too). Each tile keeps the nuclei whose centroid lies in its core, so none is cut or counted twice when the
+        margin is wider than a nucleus."""
+        from nucseg.engine.tiles import owned, pad_to_tile, paste, plan_tiles
+
         h, w = image.shape[:2]
-        prepared = self._pad_to_window(self.prepare(image))
+        _, tiles = plan_tiles(w, h, tile, margin)
         out = np.zeros((h, w), np.int32)
         classes: dict[int, int] = {}
         scores: dict[int, float] = {}
         next_id = 1
-        for r0 in range(0, h, block):
-            for c0 in range(0, w, block):
-                r1, c1 = min(r0 + block, h), min(c0 + block, w)
-                R0, C0 = max(r0 - margin, 0), max(c0 - margin, 0)
-                R1, C1 = min(r1 + margin, h), min(c1 + margin, w)
-                inst = self.method.postprocess(self._dense_region(prepared, (R0, R1, C0, C1)))
-                ids, cents = centroids(inst.labels)
-                if ids.size == 0:
-                    continue
-                cr, cc = cents[:, 0] + R0, cents[:, 1] + C0
-                keep = ids[(cr >= r0) & (cr < r1) & (cc >= c0) & (cc < c1)]
-                local = np.where(np.isin(inst.labels, keep), inst.labels, 0)
-                local, old = relabel_sequential(local)
-                region = out[R0:R1, C0:C1]
-                free = (local > 0) & (region == 0)
-                region[free] = local[free] + next_id - 1
-                for k, old_id in enumerate(old, start=next_id):
-                    if int(old_id) in inst.classes:
-                        classes[k] = inst.classes[int(old_id)]
-                    if int(old_id) in inst.scores:
-                        scores[k] = inst.scores[int(old_id)]
-                next_id += old.size
+        for i in range(0, len(tiles), max(self.cfg.batch_size, 1)):
+            chunk = tiles[i : i + max(self.cfg.batch_size, 1)]
+            crops = [image[t.region[1] : t.region[3], t.region[0] : t.region[2]] for t in chunk]
+            dense = self.dense_batch([pad_to_tile(c if c.ndim == 3 else c[..., None], tile) for c in crops])
+            for t, crop, maps in zip(chunk, crops, dense):
+                ch, cw = crop.shape[:2]
+                inst = self.method.postprocess({k: v[:, :ch, :cw] for k, v in maps.items()})
+                local, old = owned(inst, t)
+                x0, y0, x1, y1 = t.region
+                new_ids, _ = paste(out[y0:y1, x0:x1], local, next_id)
+                for old_id, new_id in zip(old.tolist(), new_ids.tolist()):
+                    if new_id and old_id in inst.classes:
+                        classes[new_id] = inst.classes[old_id]
+                    if new_id and old_id in inst.scores:
+                        scores[new_id] = inst.scores[old_id]
+                next_id += int((new_ids > 0).sum())
         return Instances(out, classes, scores)

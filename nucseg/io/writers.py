@@ -26,8 +26,6 @@ def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | Non
 
     import shapely
 
-    from nucseg.viz import class_colour
-
     outlines = instance_outlines(inst.labels) if outlines is None else outlines
     rows = {}
     if properties is not None:
@@ -35,17 +33,23 @@ def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | Non
             rows[int(i)] = {name: float(col[k]) for name, col in properties.items() if name != "id"}
     features = []
     for i, geom in outlines.items():
-        props = {"objectType": "detection", "name": f"nucleus {i}", "measurements": rows.get(i, {})}
-        cls = inst.classes.get(i)
-        if cls:
-            name = (class_names or {}).get(cls, f"class{cls}")
-            props["classification"] = {"name": name, "color": list(class_colour(cls))}
-        if i in inst.scores:
-            props["measurements"]["probability"] = float(inst.scores[i])
         uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"nucseg/{Path(path).stem}/{i}"))
-        features.append({"type": "Feature", "id": uid, "geometry": shapely.geometry.mapping(geom),
-                         "properties": props})
+        features.append(geojson_feature(uid, f"nucleus {i}", shapely.geometry.mapping(geom), rows.get(i, {}),
+                                        inst.classes.get(i), class_names, inst.scores.get(i)))
     return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def geojson_feature(uid: str, name: str, geometry: dict, measurements: dict, cls: int | None = None,
+                    class_names: dict[int, str] | None = None, score: float | None = None) -> dict:
+    """One QuPath detection: `geometry` is a GeoJSON geometry mapping, `measurements` a flat {name: number} dict."""
+    from nucseg.viz import class_colour
+
+    props = {"objectType": "detection", "name": name, "measurements": dict(measurements)}
+    if cls:
+        props["classification"] = {"name": (class_names or {}).get(cls, f"class{cls}"), "color": list(class_colour(cls))}
+    if score is not None:
+        props["measurements"]["probability"] = float(score)
+    return {"type": "Feature", "id": uid, "geometry": geometry, "properties": props}
 
 
 def write_csv(path: Path, inst: Instances, properties: dict[str, np.ndarray],

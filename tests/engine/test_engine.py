@@ -85,7 +85,7 @@ def test_tiled_equals_whole(trained_run):
     predictor = Predictor(method, model, cfg.infer)
     image = synthetic_sample(200, 60, radius=(5, 9), seed=11).image
     whole = predictor.segment(image).labels
-    tiled = predictor.segment_blocks(image, block=80, margin=40).labels
+    tiled = predictor.segment_tiles(image, tile=128, margin=32).labels
     assert whole.max() > 5
     assert aji(whole, tiled) >= 0.99
 

@@ -1,0 +1,470 @@
+"""Whole slides through any method: tiles stream read -> predict -> post-process -> record, then the outputs are
+assembled as streams. Memory is set by the tile size and batch, not by the slide; a killed job resumes.
+
+The unit of work is a tile: a core of `tile - 2·margin` pixels (at the model's resolution) read with `margin` pixels
+of context on each side, predicted in one forward pass and post-processed on its own. A nucleus belongs to the tile
+whose core holds its centroid (`nucseg.engine.tiles`, which `Predictor.segment` uses for large images too, so a
+slide's labels equal `segment` on the same pixels), and a method added later gets slides by implementing
+`postprocess` as it already must.
+
+Finished tiles go to a ledger (`<out>/<stem>/.job.sqlite`, one committed row per tile) as they complete, in any
+order; the outputs are assembled from it in tile order once every tile is in. A job killed at any moment and started
+again with the same command skips the recorded tiles and ends with the same files as an uninterrupted run.
+
+Post-processing runs on worker processes fed by the predictor (`post_workers`), so an accelerator need not wait for
+the CPU; with `workers` or `scheduler`, whole tiles run on a Dask cluster instead (each worker loads the model once).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sqlite3
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.engine.tiles import Tile, default_tile, owned, pad_to_tile, plan_tiles
+from nucseg.io.images import InputError
+from nucseg.io.slides import Slide, TissueMask, open_slide, tissue_mask
+from nucseg.labels import centroids, instance_outlines, instance_properties
+
+LEDGER = ".job.sqlite"
+
+
+@dataclass
+class SlidePlan:
+    """Where a slide is read and how it is cut. Work pixels are at the model's resolution."""
+
+    level: int
+    scale: float  # work pixels per pixel of `level`
+    work_size: tuple[int, int]  # width, height in work pixels
+    to_level0: float  # level-0 pixels per work pixel
+    mpp: float | None  # µm per work pixel
+    tile: int
+    margin: int
+    grid: tuple[int, int]  # tile columns, rows
+    tiles: list[Tile] = field(default_factory=list)  # those with tissue
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        d.pop("tiles")
+        d["tile_indices"] = [t.index for t in self.tiles]
+        return d
+
+
+def plan_slide(slide: Slide, model_mpp: float | None, tile: int, margin: int, tissue: TissueMask | None,
+               min_tissue: float = 0.01) -> SlidePlan:
+    """Read the level nearest the model's resolution and resample it to that resolution (to the level itself when
+    the two are within 5 %, as `segment` does); cut it into tiles, keeping those whose core holds tissue."""
+    level = slide.best_level(model_mpp)
+    d = slide.level_downsamples[level]
+    scale = 1.0
+    if model_mpp and slide.mpp:
+        scale = slide.mpp * d / model_mpp
+        if abs(scale - 1.0) <= 0.05:
+            scale = 1.0
+    lw, lh = slide.level_dimensions[level]
+    work = (max(round(lw * scale), 1), max(round(lh * scale), 1))
+    to_level0 = d / scale
+    mpp = slide.mpp * d / scale if slide.mpp else None
+
+    def has_tissue(box) -> bool:
+        return tissue is None or tissue.fraction(*(v * to_level0 for v in box)) >= min_tissue
+
+    grid, tiles = plan_tiles(work[0], work[1], tile, margin, has_tissue)
+    return SlidePlan(level, scale, work, to_level0, mpp, tile, margin, grid, tiles)
+
+
+def read_work_region(slide: Slide, plan: SlidePlan, box: tuple[int, int, int, int]) -> np.ndarray:
+    """RGB uint8 of work-pixel box (x0, y0, x1, y1): the level's pixels, resampled when the plan's scale is not 1."""
+    x0, y0, x1, y1 = box
+    if plan.scale == 1.0:
+        return slide.read_region(plan.level, x0, y0, x1 - x0, y1 - y0)
+    import cv2
+
+    s = plan.scale
+    lx0, ly0 = math.floor(x0 / s) - 1, math.floor(y0 / s) - 1
+    lx1, ly1 = math.ceil(x1 / s) + 2, math.ceil(y1 / s) + 2
+    src = slide.read_region(plan.level, lx0, ly0, lx1 - lx0, ly1 - ly0)
+    # work pixel u has its centre at (u + 0.5) / s in level corner coordinates: an exact inverse map per tile, so
+    # neighbouring tiles sample the level on one grid
+    affine = np.array([[1 / s, 0, (x0 + 0.5) / s - 0.5 - lx0], [0, 1 / s, (y0 + 0.5) / s - 0.5 - ly0]], np.float64)
+    return cv2.warpAffine(src, affine, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def read_tile(slide: Slide, plan: SlidePlan, tile: Tile) -> np.ndarray:
+    """The tile's region, padded to tile × tile as `Predictor.segment_tiles` pads: one shape for every pass."""
+    return pad_to_tile(read_work_region(slide, plan, tile.region), plan.tile)
+
+
+def finish_tile(method, dense: dict[str, np.ndarray], image: np.ndarray, tile: Tile, plan: SlidePlan) -> bytes:
+    """Post-process one tile and keep the nuclei whose centroid lies in its core; return them packed (npz bytes):
+    their labels over the region, outlines as WKB in level-0 pixel coordinates, measurements and classes.
+    Runs on post-processing worker processes."""
+    import shapely
+
+    x0, y0, x1, y1 = tile.region
+    h, w = y1 - y0, x1 - x0
+    inst = method.postprocess({k: v[:, :h, :w] for k, v in dense.items()})
+    local, old = owned(inst, tile)
+    outlines = instance_outlines(local)
+    props = instance_properties(local, image[:h, :w], plan.mpp, outlines)
+    f = plan.to_level0
+    # centroids in level-0 pixels (pixel centres: work pixel u is level-0 (u + 0.5)·f - 0.5)
+    _, pix = centroids(local)
+    props["centroid_x"] = (pix[:, 1] + x0 + 0.5) * f - 0.5 if old.size else np.zeros(0)
+    props["centroid_y"] = (pix[:, 0] + y0 + 0.5) * f - 0.5 if old.size else np.zeros(0)
+    geoms = [outlines[k] for k in range(1, old.size + 1)]
+    shift = np.array([x0, y0], np.float64)
+    wkb = [shapely.to_wkb(shapely.transform(g, lambda xy: (xy + shift) * f)) for g in geoms]
+    packed = {f"prop_{k}": np.asarray(v, np.float64) for k, v in props.items() if k != "id"}
+    packed["labels"] = local.astype(np.uint16 if old.size < 65536 else np.int32)
+    packed["origin"] = np.array([y0, x0])
+    packed["classes"] = np.array([inst.classes.get(int(i), 0) for i in old], np.int64)
+    packed["scores"] = np.array([inst.scores.get(int(i), np.nan) for i in old], np.float64)
+    packed["wkb"] = np.frombuffer(b"".join(wkb), np.uint8)
+    packed["wkb_ends"] = np.cumsum([len(b) for b in wkb]).astype(np.int64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **packed)
+    return buf.getvalue()
+
+
+def unpack_tile(payload: bytes) -> dict:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        ends = z["wkb_ends"]
+        blob = z["wkb"].tobytes()
+        starts = np.concatenate([[0], ends[:-1]]).astype(int)
+        return {"labels": z["labels"], "origin": z["origin"], "classes": z["classes"], "scores": z["scores"],
+                "props": {k[5:]: z[k] for k in z.files if k.startswith("prop_")},
+                "wkb": [blob[a:b] for a, b in zip(starts, ends.astype(int))]}
+
+
+class Ledger:
+    """Finished tiles of one slide job, one committed row each (SQLite: a kill loses at most the tile in flight).
+    The job's settings are stored with it: resuming with other settings is refused rather than mixed."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS tiles (idx INTEGER PRIMARY KEY, payload BLOB, error TEXT)")
+        stored = self.db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        text = json.dumps(settings, sort_keys=True)
+        if stored is None:
+            self.db.execute("INSERT INTO meta VALUES ('settings', ?)", (text,))
+            self.db.commit()
+        elif stored[0] != text:
+            old, new = json.loads(stored[0]), settings
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            self.db.close()
+            raise ValueError(f"{path}: this folder holds a job started with other settings ({', '.join(diff)}); "
+                             "use another --out, or --restart to discard it")
+
+    def done(self) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT idx FROM tiles WHERE error IS NULL")}
+
+    def record(self, index: int, payload: bytes | None, error: str | None = None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?)", (index, payload, error))
+        self.db.commit()
+
+    def errors(self) -> list[tuple[int, str]]:
+        return list(self.db.execute("SELECT idx, error FROM tiles WHERE error IS NOT NULL ORDER BY idx"))
+
+    def payloads(self):
+        for (payload,) in self.db.execute("SELECT payload FROM tiles WHERE error IS NULL ORDER BY idx"):
+            yield payload
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class SlideReport:
+    slide: str
+    out: str = ""
+    tiles: int = 0
+    tissue_tiles: int = 0
+    resumed_tiles: int = 0
+    failed_tiles: list[str] = field(default_factory=list)
+    nuclei: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+
+@lru_cache(maxsize=4)
+def _worker_predictor(model_file: str, runtime: str | None, threads: int):
+    """One predictor per worker process and model (Dask workers keep it between tasks)."""
+    from nucseg.engine.device import set_threads
+    from nucseg.engine.infer import Predictor
+
+    set_threads(threads)
+    return Predictor.from_checkpoint(model_file, runtime=runtime)
+
+
+@lru_cache(maxsize=8)
+def _worker_slide(path: str, mpp: float | None) -> Slide:
+    return open_slide(path, mpp)
+
+
+def run_tiles(slide_path: str, mpp: float | None, model_file: str, runtime: str | None, threads: int,
+              plan: SlidePlan, tiles: list[Tile]) -> list[tuple[int, bytes | None, str | None]]:
+    """Read, predict and post-process `tiles` in one worker: the Dask task. Returns (index, payload, error)."""
+    predictor = _worker_predictor(model_file, runtime, threads)
+    slide = _worker_slide(slide_path, mpp)
+    out = []
+    for t in tiles:
+        try:
+            image = read_tile(slide, plan, t)
+            dense = predictor.dense_batch([image])[0]
+            out.append((t.index, finish_tile(predictor.method, dense, image, t, plan), None))
+        except Exception as exc:
+            out.append((t.index, None, tile_error(t, exc)))
+    return out
+
+
+def tile_error(tile: Tile, exc: Exception) -> str:
+    x0, y0, x1, y1 = tile.core
+    what = exc.problem if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+    return f"tile {tile.index} (work pixels x {x0}-{x1}, y {y0}-{y1}): {what}"
+
+
+def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = None, mpp: float | None = None,
+                   tile: int | None = None, margin: int | None = None, batch_size: int = 1,
+                   post_workers: int | None = None, workers: int = 0, scheduler: str | None = None,
+                   use_tissue: bool = True, runtime: str | None = None, threads: int = 0, restart: bool = False,
+                   progress: bool = True, on_tile=None) -> list[SlideReport]:
+    """Segment each slide into `out_dir/<stem>/`. `on_tile(index)` is called after each recorded tile (tests use
+    it to interrupt a job). Returns one report per slide; a slide that fails is reported, the others go on."""
+    from nucseg.engine.checkpoints import resolve_checkpoint_file
+    from nucseg.engine.device import configure_malloc, set_threads
+    from nucseg.engine.infer import Predictor
+    from nucseg.engine.segment import AUTO, SHIPPED, WEIGHTS, detect_modality, resolve_model
+
+    configure_malloc()
+    set_threads(threads)
+    resolved = resolve_model(model)
+    client = _dask_client(workers, scheduler) if (workers or scheduler) else None
+    predictors: dict[str, Predictor] = {}
+    reports = []
+    try:
+        for path in slides:
+            report = SlideReport(str(path))
+            reports.append(report)
+            t0 = time.perf_counter()
+            try:
+                slide = open_slide(path, mpp)
+            except InputError as exc:
+                report.message = exc.problem
+                continue
+            with slide:
+                thumb, thumb_down = slide.thumbnail()
+                key = detect_modality(thumb) if resolved == AUTO else str(resolved)
+                model_file = str(resolve_checkpoint_file(WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved))
+                if client is None and model_file not in predictors:
+                    predictors[model_file] = Predictor.from_checkpoint(model_file, runtime=runtime)
+                cfg = _checkpoint_infer(model_file, predictors.get(model_file))
+                tissue = tissue_mask(thumb, thumb_down) if use_tissue else None
+                border = cfg["block_margin"] if margin is None else margin
+                plan = plan_slide(slide, cfg["mpp"], tile or default_tile(cfg["window"], border), border, tissue)
+                job_dir = Path(out_dir) / Path(path).name.split(".")[0]
+                job_dir.mkdir(parents=True, exist_ok=True)
+                if restart:
+                    (job_dir / LEDGER).unlink(missing_ok=True)
+                settings = {"slide": str(Path(path).resolve()), "size": slide.dimensions, "mpp": slide.mpp,
+                            "model": _file_digest(model_file), **plan.settings()}
+                ledger = Ledger(job_dir / LEDGER, settings)
+                try:
+                    done = ledger.done()
+                    todo = [t for t in plan.tiles if t.index not in done]
+                    report.tiles, report.tissue_tiles = plan.grid[0] * plan.grid[1], len(plan.tiles)
+                    report.resumed_tiles = len(plan.tiles) - len(todo)
+                    bar = _progress(len(plan.tiles), report.resumed_tiles, Path(path).name, progress)
+
+                    def record(index, payload, error, bar=bar, ledger=ledger):
+                        ledger.record(index, payload, error)
+                        bar.update(1)
+                        if on_tile is not None:
+                            on_tile(index)
+
+                    if client is not None:
+                        _run_on_dask(client, str(path), mpp, model_file, runtime, plan, todo, batch_size, record)
+                    else:
+                        _run_local(slide, predictors[model_file], plan, todo, batch_size, post_workers, record)
+                    bar.close()
+                    report.failed_tiles = [e for _, e in ledger.errors()]
+                    report.nuclei, files = _assemble(ledger, plan, job_dir, Path(path).name.split(".")[0], thumb,
+                                                     thumb_down, tissue, settings)
+                    report.out = str(job_dir)
+                    if not plan.tiles:
+                        report.message = "no tissue found (outputs are empty; --no-tissue-mask reads every tile)"
+                finally:
+                    ledger.close()
+            report.seconds = time.perf_counter() - t0
+    finally:
+        if client is not None:
+            client.close()
+    return reports
+
+
+def _checkpoint_infer(model_file: str, predictor) -> dict:
+    """The model's infer settings (window, mpp, margin), from its predictor or, for Dask, from the file."""
+    if predictor is not None:
+        c = predictor.cfg
+    else:
+        from nucseg.engine.checkpoints import load_checkpoint, method_from_checkpoint
+
+        c = method_from_checkpoint(model_file, load_checkpoint(model_file))[1].infer
+    return {"window": c.window, "mpp": c.mpp, "block_margin": c.block_margin}
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def _progress(total: int, initial: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="tile", disable=not enabled, smoothing=0.1)
+
+
+def _run_local(slide: Slide, predictor, plan: SlidePlan, todo: list[Tile], batch_size: int,
+               post_workers: int | None, record) -> None:
+    """Reading on a thread (one batch ahead), the forward pass here, post-processing on worker processes; at most a
+    few tiles in flight so memory stays flat."""
+    import multiprocessing as mp
+
+    if post_workers is None:
+        post_workers = max((os.cpu_count() or 2) - 1, 1)
+    batches = [todo[i : i + max(batch_size, 1)] for i in range(0, len(todo), max(batch_size, 1))]
+    if not batches:
+        return
+
+    def read(batch):
+        out = []
+        for t in batch:
+            try:
+                out.append((t, read_tile(slide, plan, t), None))
+            except Exception as exc:
+                out.append((t, None, tile_error(t, exc)))
+        return out
+
+    pool = ProcessPoolExecutor(post_workers, mp_context=mp.get_context("spawn")) if post_workers > 0 else None
+    pending: deque = deque()
+    limit = 2 * max(post_workers, 1)
+
+    def drain(keep: int) -> None:
+        while len(pending) > keep:
+            t, fut = pending.popleft()
+            try:
+                record(t.index, fut.result() if pool else fut, None)
+            except Exception as exc:
+                record(t.index, None, tile_error(t, exc))
+
+    try:
+        with ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(read, batches[0])
+            for k in range(len(batches)):
+                items = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = reader.submit(read, batches[k + 1])
+                for t, _, error in items:
+                    if error is not None:
+                        record(t.index, None, error)
+                good = [(t, im) for t, im, error in items if error is None]
+                if not good:
+                    continue
+                try:
+                    dense = predictor.dense_batch([im for _, im in good])
+                except Exception as exc:
+                    for t, _ in good:
+                        record(t.index, None, tile_error(t, exc))
+                    continue
+                for (t, im), d in zip(good, dense):
+                    if pool is None:
+                        try:
+                            pending.append((t, finish_tile(predictor.method, d, im, t, plan)))
+                        except Exception as exc:
+                            record(t.index, None, tile_error(t, exc))
+                    else:
+                        pending.append((t, pool.submit(finish_tile, predictor.method, d, im, t, plan)))
+                drain(limit)
+            drain(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _dask_client(workers: int, scheduler: str | None):
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise RuntimeError("--workers / --scheduler need Dask: pip install 'dask[distributed]'") from exc
+    if scheduler:
+        return Client(scheduler)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster)
+
+
+def _run_on_dask(client, slide_path: str, mpp, model_file: str, runtime, plan: SlidePlan, todo: list[Tile],
+                 batch_size: int, record) -> None:
+    """Tiles in batches as Dask tasks, a bounded number in flight; results are recorded here as they arrive."""
+    from dask.distributed import as_completed
+
+    n_workers = max(len(client.scheduler_info()["workers"]), 1)
+    threads = max((os.cpu_count() or 2) // n_workers, 1)
+    batches = [todo[i : i + max(batch_size, 1)] for i in range(0, len(todo), max(batch_size, 1))]
+    queue = deque(batches)
+    running = as_completed()
+    for _ in range(min(2 * n_workers, len(queue))):
+        running.add(client.submit(run_tiles, slide_path, mpp, model_file, runtime, threads, plan, queue.popleft(),
+                                  pure=False))
+    for fut in running:
+        for index, payload, error in fut.result():
+            record(index, payload, error)
+        if queue:
+            running.add(client.submit(run_tiles, slide_path, mpp, model_file, runtime, threads, plan,
+                                      queue.popleft(), pure=False))
+
+
+def _assemble(ledger: Ledger, plan: SlidePlan, job_dir: Path, stem: str, thumb: np.ndarray, thumb_down: float,
+              tissue: TissueMask | None, settings: dict) -> tuple[int, dict]:
+    """Every recorded tile, in tile order, into the final files (written under temporary names, then renamed)."""
+    from nucseg.io.slide_outputs import SlideWriter
+
+    columns = None
+    writer = None
+    try:
+        for payload in ledger.payloads():
+            tile = unpack_tile(payload)
+            if writer is None:
+                columns = list(tile["props"])
+                writer = SlideWriter(job_dir, stem, plan.work_size, plan.mpp, plan.to_level0, columns)
+            writer.add_tile(tile)
+        if writer is None:  # no tissue, or every tile failed: empty outputs with the usual columns
+            writer = SlideWriter(job_dir, stem, plan.work_size, plan.mpp, plan.to_level0, _EMPTY_COLUMNS)
+        writer.overview(thumb, thumb_down, None if tissue is None else tissue.mask)
+        files = writer.commit({"settings": settings, "nuclei": writer.count})
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return writer.count, files
+
+
+_EMPTY_COLUMNS = ["centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "solidity", "major_axis_length",
+                  "minor_axis_length", "orientation"]
