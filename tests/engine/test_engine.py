@@ -20,15 +20,6 @@ def smoke_cfg(synthetic_set, *extra):
     return load_config(SMOKE, [f"data.sets=[{{path: '{synthetic_set}'}}]", *extra])
 
 
-@pytest.fixture(scope="module")
-def trained_run(synthetic_set, tmp_path_factory):
-    from nucseg.engine.train import train
-
-    out = tmp_path_factory.mktemp("run")
-    result = train(smoke_cfg(synthetic_set), out, progress=False)
-    return out, result
-
-
 def losses(run_dir):
     with open(run_dir / "train.csv") as f:
         return [float(r["total"]) for r in csv.DictReader(f)]
