@@ -57,7 +57,7 @@ class InferConfig:
     # forward pass: auto (OpenVINO for fp32 on the CPU when installed, else torch) | torch | openvino
     runtime: str = "auto"
     block_size: int = 2048  # unused since images larger than `window` go tile by tile; kept so old checkpoints load
-    # context on each side of a tile's core (`nucseg.engine.tiles`): wider than a nucleus, so none is cut
+    # context on each side of a tile's core (`nucseg.postprocess.tiles`): wider than a nucleus, so none is cut
     block_margin: int = 64
 
 

@@ -218,7 +218,7 @@ class Predictor:
         scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
         if abs(scale - 1.0) > 0.05:
             return self._segment_rescaled(image, scale)
-        from nucseg.engine.tiles import default_tile
+        from nucseg.postprocess.tiles import default_tile
 
         margin = self.cfg.block_margin
         return self.segment_tiles(image, default_tile(self.cfg.window, margin), margin)
@@ -239,10 +239,10 @@ class Predictor:
                          {i: s for i, s in inst.scores.items() if i in kept})
 
     def segment_tiles(self, image: np.ndarray, tile: int, margin: int) -> Instances:
-        """Segment tile by tile with `margin` pixels of context (`nucseg.engine.tiles`: the mechanism slides use
+        """Segment tile by tile with `margin` pixels of context (`nucseg.postprocess.tiles`: the mechanism slides use
         too). Each tile keeps the nuclei whose centroid lies in its core, so none is cut or counted twice when the
         margin is wider than a nucleus."""
-        from nucseg.engine.tiles import owned, pad_to_tile, paste, plan_tiles
+        from nucseg.postprocess.tiles import owned, pad_to_tile, paste, plan_tiles
 
         h, w = image.shape[:2]
         _, tiles = plan_tiles(w, h, tile, margin)

@@ -3,7 +3,7 @@ assembled as streams. Memory is set by the tile size and batch, not by the slide
 
 The unit of work is a tile: a core of `tile - 2·margin` pixels (at the model's resolution) read with `margin` pixels
 of context on each side, predicted in one forward pass and post-processed on its own. A nucleus belongs to the tile
-whose core holds its centroid (`nucseg.engine.tiles`, which `Predictor.segment` uses for large images too, so a
+whose core holds its centroid (`nucseg.postprocess.tiles`, which `Predictor.segment` uses for large images too, so a
 slide's labels equal `segment` on the same pixels), and a method added later gets slides by implementing
 `postprocess` as it already must.
 
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.engine.tiles import Tile, default_tile, owned, pad_to_tile, plan_tiles
 from nucseg.io.images import InputError
 from nucseg.io.slides import Slide, TissueMask, open_slide, tissue_mask
 from nucseg.labels import centroids, instance_outlines, instance_properties
+from nucseg.postprocess.tiles import Tile, default_tile, owned, pad_to_tile, plan_tiles
 
 LEDGER = ".job.sqlite"
 

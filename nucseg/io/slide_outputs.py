@@ -79,13 +79,13 @@ class SlideWriter:
 
     def add_tile(self, tile: dict) -> None:
         """Append one tile's nuclei (`engine.slide.finish_tile` packs them), pasted by the rules of
-        `engine.tiles.paste`: ids continue the count in tile order, a duplicate across a border is dropped, and a
+        `postprocess.tiles.paste`: ids continue the count in tile order, a duplicate across a border is dropped, and a
         nucleus that lost a few pixels to an earlier tile gets its outline, centroid, area, perimeter and solidity
         from what it kept (the moment-based shape measures and intensities keep the tile's values)."""
         import shapely
 
-        from nucseg.engine.tiles import paste
         from nucseg.labels import instance_outlines, midpoint_length, outline_rings
+        from nucseg.postprocess.tiles import paste
 
         local = tile["labels"].astype(np.int32)
         if local.size == 0 or local.max() == 0:

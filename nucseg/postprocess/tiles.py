@@ -1,4 +1,4 @@
-"""The one mechanism by which images larger than a forward pass are segmented: tiles with margins and centroid
+"""Stitching: the one mechanism by which images larger than a forward pass are segmented: tiles with margins and centroid
 ownership. `Predictor.segment` uses it for large images and `segment-slide` for slides, with the same grid, padding
 and rules, so a slide's result equals `segment` on the same pixels as one flat picture.
 
