@@ -181,11 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="nucseg-slides", help="output folder; each slide writes OUT/<stem>/")
     p.add_argument("--mpp", type=float, help="microns per level-0 pixel, overriding the file's metadata")
     p.add_argument("--tile", type=int, help="pixels per forward pass at the model's resolution, a multiple of 32 "
-                   "(default: the model's window, 1024); memory grows with tile² × batch size")
+                   "(default: the model's window, 1024, shrunk to divide the slide evenly); memory grows with tile² × "
+                   "batch size")
     p.add_argument("--margin", type=int, help="context pixels on each side of a tile's core (default: the model's "
                    "infer.block_margin, 64); wider than a nucleus")
     p.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (GPUs like more)")
-    p.add_argument("--post-workers", type=int, help="post-processing processes (default: CPU cores - 1; 0 = inline)")
+    p.add_argument("--post-workers", type=int, help="post-processing processes (default: one thread on 2 cores or fewer, else cores - 1 "
+                   "processes; 0 = inline)")
     p.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N worker processes")
     p.add_argument("--scheduler", help="join a running Dask cluster at ADDRESS (tcp://host:8786)")
     p.add_argument("--no-tissue-mask", action="store_true", help="read every tile, background included")

@@ -221,7 +221,8 @@ class Predictor:
         from nucseg.postprocess.tiles import default_tile
 
         margin = self.cfg.block_margin
-        return self.segment_tiles(image, default_tile(self.cfg.window, margin), margin)
+        h, w = image.shape[:2]
+        return self.segment_tiles(image, default_tile(self.cfg.window, margin, w, h), margin)
 
     def _segment_rescaled(self, image: np.ndarray, scale: float) -> Instances:
         import cv2

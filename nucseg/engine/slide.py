@@ -60,8 +60,8 @@ class SlidePlan:
         return d
 
 
-def plan_slide(slide: Slide, model_mpp: float | None, tile: int, margin: int, tissue: TissueMask | None,
-               min_tissue: float = 0.01) -> SlidePlan:
+def plan_slide(slide: Slide, model_mpp: float | None, tile: int | None, margin: int, tissue: TissueMask | None,
+               min_tissue: float = 0.01, default_window: int = 1024) -> SlidePlan:
     """Read the level nearest the model's resolution and resample it to that resolution (to the level itself when
     the two are within 5 %, as `segment` does); cut it into tiles, keeping those whose core holds tissue."""
     level = slide.best_level(model_mpp)
@@ -79,6 +79,7 @@ def plan_slide(slide: Slide, model_mpp: float | None, tile: int, margin: int, ti
     def has_tissue(box) -> bool:
         return tissue is None or tissue.fraction(*(v * to_level0 for v in box)) >= min_tissue
 
+    tile = tile or default_tile(default_window, margin, *work)  # the size `segment` picks for this picture
     grid, tiles = plan_tiles(work[0], work[1], tile, margin, has_tissue)
     return SlidePlan(level, scale, work, to_level0, mpp, tile, margin, grid, tiles)
 
@@ -274,7 +275,7 @@ def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = N
                 cfg = _checkpoint_infer(model_file, predictors.get(model_file))
                 tissue = tissue_mask(thumb, thumb_down) if use_tissue else None
                 border = cfg["block_margin"] if margin is None else margin
-                plan = plan_slide(slide, cfg["mpp"], tile or default_tile(cfg["window"], border), border, tissue)
+                plan = plan_slide(slide, cfg["mpp"], tile, border, tissue, default_window=cfg["window"])
                 job_dir = Path(out_dir) / Path(path).name.split(".")[0]
                 job_dir.mkdir(parents=True, exist_ok=True)
                 if restart:
@@ -348,8 +349,12 @@ def _run_local(slide: Slide, predictor, plan: SlidePlan, todo: list[Tile], batch
     few tiles in flight so memory stays flat."""
     import multiprocessing as mp
 
+    cores = os.cpu_count() or 2
+    # on two cores a process would only add start-up and copies: one thread overlaps post-processing with the
+    # forward pass as `segment` does (scipy, GDAL, GEOS and zlib release the GIL); with more, processes scale
+    threaded = post_workers is None and cores <= 2
     if post_workers is None:
-        post_workers = max((os.cpu_count() or 2) - 1, 1)
+        post_workers = max(cores - 1, 1)
     batches = [todo[i : i + max(batch_size, 1)] for i in range(0, len(todo), max(batch_size, 1))]
     if not batches:
         return
@@ -363,7 +368,10 @@ def _run_local(slide: Slide, predictor, plan: SlidePlan, todo: list[Tile], batch
                 out.append((t, None, tile_error(t, exc)))
         return out
 
-    pool = ProcessPoolExecutor(post_workers, mp_context=mp.get_context("spawn")) if post_workers > 0 else None
+    if threaded:
+        pool = ThreadPoolExecutor(1)
+    else:
+        pool = ProcessPoolExecutor(post_workers, mp_context=mp.get_context("spawn")) if post_workers > 0 else None
     pending: deque = deque()
     limit = 2 * max(post_workers, 1)
 

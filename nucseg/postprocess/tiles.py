@@ -29,9 +29,17 @@ class Tile:
     region: tuple[int, int, int, int]  # the core and its margins, clipped to the image
 
 
-def default_tile(window: int, margin: int) -> int:
-    """The model's window, or more where the margins would leave it a small core (at least half the tile)."""
-    return max(window, 32 * math.ceil(4 * margin / 32))
+def default_tile(window: int, margin: int, width: int | None = None, height: int | None = None) -> int:
+    """The forward-pass size for an image of width × height: at most the model's window (or four margins, where the
+    window would leave a small core), shrunk to the smallest multiple of 32 that needs no more tiles, so a 2000²
+    image is cut into 9 tiles of 800² rather than 9 of 1024²."""
+    largest = max(window, 32 * math.ceil(4 * margin / 32))
+    if not width or not height:
+        return largest
+    core = largest - 2 * margin
+    cols, rows = math.ceil(width / core), math.ceil(height / core)
+    needed = max(math.ceil(width / cols), math.ceil(height / rows))
+    return min(largest, 32 * math.ceil((needed + 2 * margin) / 32))
 
 
 def plan_tiles(width: int, height: int, tile: int, margin: int, keep=None) -> tuple[tuple[int, int], list[Tile]]:

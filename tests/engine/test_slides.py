@@ -242,3 +242,35 @@ def test_post_processing_workers_give_the_same_outputs(trained_run, tmp_path):
     run_slide(path, tmp_path / "pool", trained_run[0], post_workers=1)
     for a, b in zip(slide_outputs(tmp_path / "inline" / "w"), slide_outputs(tmp_path / "pool" / "w")):
         assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+
+
+def test_a_20x_slide_is_read_at_the_models_resolution(shared_data, tmp_path):
+    """A 0.5 µm/px slide meets the 0.25 µm/px H&E model at its scale: the label store is at the model's resolution
+    (twice the slide's size) and the CSV's centroids are in the slide's level-0 pixels."""
+    import cv2
+
+    from nucseg.engine.segment import DEFAULT_MODEL
+    from nucseg.io.images import read_image
+
+    crop = read_image(sorted((shared_data / "monuseg-train/images").glob("*.png"))[0])[:400, :400, :3]
+    half = cv2.resize(crop, (200, 200), interpolation=cv2.INTER_AREA)
+    path = write_pyramid_tiff(tmp_path / "x20.tif", half, mpp=0.5, min_size=10_000)
+    report = run_slide(path, tmp_path / "out", DEFAULT_MODEL, tile=256, margin=48, runtime="torch")
+    labels, _, table = slide_outputs(tmp_path / "out" / "x20")
+    assert labels.shape == (400, 400) and report.nuclei > 20
+    xy = np.array([[float(v) for v in r.split(",")[1:3]] for r in table.splitlines()[1:]])
+    assert xy.min() >= -0.5 and xy.max() <= 199.5 and xy.max() > 150
+
+
+def test_segment_slide_command(trained_run, tmp_path, capsys):
+    from nucseg.cli import main
+
+    path = write_pyramid_tiff(tmp_path / "cli.tif", synthetic_slide_image(seed=9), min_size=10_000)
+    (tmp_path / "bad.xyz").write_text("?")
+    rc = main(["segment-slide", str(path), str(tmp_path / "bad.xyz"), "--model", str(trained_run[0]), "--out",
+               str(tmp_path / "out"), "--tile", "128", "--margin", "32", "--post-workers", "0", "--no-tissue-mask"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "bad.xyz" in captured.err and "supported" in captured.err
+    assert "cli.tif:" in captured.out and "nuclei from 25 tissue tiles of 25" in captured.out
+    assert {"nuclei.geojson", "nuclei.csv", "nuclei.sqlite", "labels.zarr", "overview.png"} <= {
+        p.name for p in (tmp_path / "out" / "cli").iterdir()}
