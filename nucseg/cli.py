@@ -119,7 +119,7 @@ def _cmd_segment_slide(args: argparse.Namespace) -> int:
             continue
         resumed = f", {r.resumed_tiles} from an earlier run" if r.resumed_tiles else ""
         print(f"{Path(r.slide).name}: {r.nuclei} nuclei from {r.tissue_tiles} tissue tiles of {r.tiles}{resumed} "
-              f"in {r.seconds:.1f} s -> {r.out}/")
+              f"in {r.seconds:.1f} s (writing {r.assemble_seconds:.1f} s) -> {r.out}/")
         if r.message:
             print(f"  {r.message}")
         for problem in r.failed_tiles:

@@ -198,6 +198,7 @@ class SlideReport:
     failed_tiles: list[str] = field(default_factory=list)
     nuclei: int = 0
     seconds: float = 0.0
+    assemble_seconds: float = 0.0  # of `seconds`: writing the final files from the recorded tiles
     message: str = ""
 
 
@@ -302,9 +303,11 @@ def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = N
                         _run_local(slide, predictors[model_file], plan, todo, batch_size, post_workers, record)
                     bar.close()
                     report.failed_tiles = [e for _, e in ledger.errors()]
+                    t1 = time.perf_counter()
                     report.nuclei, files = _assemble(ledger, plan, job_dir, Path(path).name.split(".")[0], thumb,
                                                      thumb_down, tissue, settings)
                     report.out = str(job_dir)
+                    report.assemble_seconds = time.perf_counter() - t1
                     if not plan.tiles:
                         report.message = "no tissue found (outputs are empty; --no-tissue-mask reads every tile)"
                 finally:

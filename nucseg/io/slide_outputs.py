@@ -120,10 +120,11 @@ class SlideWriter:
             name = (self.class_names or {}).get(cls, str(cls) if cls else "")
             cx, cy = float(props["centroid_x"][j]), float(props["centroid_y"][j])
             feature = geojson_feature(str(uuid.uuid5(uuid.NAMESPACE_URL, f"nucseg/{self.stem}/{gid}")),
-                                      f"nucleus {gid}", json.loads(shapely.to_geojson(geoms[j])),
-                                      {"centroid_x": cx, "centroid_y": cy, **measures}, cls, self.class_names,
-                                      score)
-            self._geojson.write(("" if gid == 1 else ",\n") + json.dumps(feature))
+                                      f"nucleus {gid}", None, {"centroid_x": cx, "centroid_y": cy, **measures}, cls,
+                                      self.class_names, score)
+            # GEOS writes the geometry's JSON itself: spliced in rather than parsed and encoded again
+            text = json.dumps(feature).replace('"geometry": null', f'"geometry": {shapely.to_geojson(geoms[j])}', 1)
+            self._geojson.write(("" if gid == 1 else ",\n") + text)
             rows_csv.append([gid, f"{cx:.2f}", f"{cy:.2f}", *[f"{measures[c]:.4f}" for c in self.columns], name,
                              "" if score is None else f"{score:.4f}"])
             rows_db.append((gid, cx, cy, *measures.values(), name, score, shapely.to_wkb(geoms[j])))

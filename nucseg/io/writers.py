@@ -39,7 +39,7 @@ def write_geojson(path: Path, inst: Instances, class_names: dict[int, str] | Non
     return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
 
 
-def geojson_feature(uid: str, name: str, geometry: dict, measurements: dict, cls: int | None = None,
+def geojson_feature(uid: str, name: str, geometry: dict | None, measurements: dict, cls: int | None = None,
                     class_names: dict[int, str] | None = None, score: float | None = None) -> dict:
     """One QuPath detection: `geometry` is a GeoJSON geometry mapping, `measurements` a flat {name: number} dict."""
     from nucseg.viz import class_colour
