@@ -274,3 +274,18 @@ def test_segment_slide_command(trained_run, tmp_path, capsys):
     assert "cli.tif:" in captured.out and "nuclei from 25 tissue tiles of 25" in captured.out
     assert {"nuclei.geojson", "nuclei.csv", "nuclei.sqlite", "labels.zarr", "overview.png"} <= {
         p.name for p in (tmp_path / "out" / "cli").iterdir()}
+
+
+def test_qupath_reads_the_slide_geojson(trained_run, tmp_path):
+    """QuPath's Python library reads the streamed GeoJSON: one valid detection per nucleus, with measurements."""
+    import shapely
+
+    qubalab_objects = pytest.importorskip("qubalab.objects")
+    path = write_pyramid_tiff(tmp_path / "qp.tif", synthetic_slide_image(seed=10), min_size=10_000)
+    report = run_slide(path, tmp_path / "out", trained_run[0])
+    text = (tmp_path / "out/qp/nuclei.geojson").read_text()
+    objects = [qubalab_objects.ImageFeature.create_from_feature(f)
+               for f in qubalab_objects.geojson_features_from_string(text)]
+    assert len(objects) == report.nuclei > 0 and all(o.is_detection for o in objects)
+    assert all({"area", "perimeter", "centroid_x"} <= set(o.measurements) for o in objects)
+    assert all(shapely.geometry.shape(o.geometry).is_valid for o in objects)
