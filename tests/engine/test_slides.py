@@ -123,6 +123,11 @@ def test_slide_equals_flat_segment_on_synthetic_image(trained_run, tmp_path):
     flat = Predictor.from_checkpoint(trained_run[0] / "best.ckpt").segment_tiles(image, TILE, MARGIN).labels
     assert report.tiles == 25 and report.nuclei == int(flat.max()) > 20
     np.testing.assert_array_equal(labels, flat)  # same ids, same pixels: no seams, nothing cut or doubled
+    # an OME-Zarr 0.4 label image (zarr format 2), as napari-ome-zarr reads it
+    attrs = json.loads((tmp_path / "out/syn/labels.zarr/.zattrs").read_text())
+    assert attrs["multiscales"][0]["datasets"][0]["path"] == "0" and "image-label" in attrs
+    assert [a["name"] for a in attrs["multiscales"][0]["axes"]] == ["y", "x"]
+    assert json.loads((tmp_path / "out/syn/labels.zarr/0/.zarray").read_text())["dtype"] == "<i4"
     features = json.loads(geojson)["features"]
     rows = table.splitlines()[1:]
     assert len(features) == len(rows) == len(np.unique(labels)) - 1
