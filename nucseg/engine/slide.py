@@ -222,12 +222,19 @@ def run_tiles(slide_path: str, mpp: float | None, model_file: str, runtime: str 
     """Read, predict and post-process `tiles` in one worker: the Dask task. Returns (index, payload, error)."""
     predictor = _worker_predictor(model_file, runtime, threads)
     slide = _worker_slide(slide_path, mpp)
-    out = []
+    out, good = [], []
     for t in tiles:
         try:
-            image = read_tile(slide, plan, t)
-            dense = predictor.dense_batch([image])[0]
-            out.append((t.index, finish_tile(predictor.method, dense, image, t, plan), None))
+            good.append((t, read_tile(slide, plan, t)))
+        except Exception as exc:
+            out.append((t.index, None, tile_error(t, exc)))
+    try:
+        dense = predictor.dense_batch([image for _, image in good]) if good else []
+    except Exception as exc:
+        return out + [(t.index, None, tile_error(t, exc)) for t, _ in good]
+    for (t, image), maps in zip(good, dense):  # the task's tiles are one forward batch (--batch-size)
+        try:
+            out.append((t.index, finish_tile(predictor.method, maps, image, t, plan), None))
         except Exception as exc:
             out.append((t.index, None, tile_error(t, exc)))
     return out
