@@ -57,6 +57,11 @@ class DataConfig:
     val_max_images: int = 6  # per set, to keep validation quick
     split_seed: int = 0
     channels: int = 3  # 3: RGB (greyscale repeated); 1: greyscale/luminance (fluorescence and IHC mode)
+    # partial labels (FrGNet's weak setting): keep this share of each training image's nuclei, a seeded random
+    # choice fixed for the run; the others are unannotated, not background (methods that can use partial labels
+    # leave their pixels out of the loss: `Method.partial_labels`)
+    keep_fraction: float = 1.0
+    keep_seed: int = 0
     stain_norm: str | None = None  # None | macenko | reinhard | vahadane (needs a reference image)
     stain_reference: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -117,6 +122,23 @@ def stain_normalizer(data_cfg: DataConfig):
     return StainNormalizer(data_cfg.stain_norm).fit(to_uint8(read_image(data_cfg.stain_reference)))
 
 
+def drop_annotations(labels: np.ndarray, keep_fraction: float, seed) -> np.ndarray:
+    """The instance map with a seeded random `keep_fraction` of its nuclei kept (rounded, at least one) and the
+    others marked unannotated by negating their ids (negative ids survive crops and nearest-neighbour warps)."""
+    import zlib
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return labels
+    key = [int(v) if not isinstance(v, str) else zlib.crc32(v.encode()) for v in seed]
+    keep = np.random.default_rng(key).choice(ids, max(1, round(keep_fraction * ids.size)), replace=False)
+    out = labels.astype(np.int32)
+    dropped = (out > 0) & ~np.isin(out, keep)
+    out[dropped] = -out[dropped]
+    return out
+
+
 class LoadedSet:
     """One canonical set's split, with its images and label maps in memory."""
 
@@ -155,6 +177,8 @@ class LoadedSet:
             if normalizer is not None:
                 image = normalizer.transform(image)
             s.image = to_channels(image, data_cfg.channels)
+            if split == "train" and not self.foreground_only and data_cfg.keep_fraction < 1.0:
+                s.instances = drop_annotations(s.instances, data_cfg.keep_fraction, [data_cfg.keep_seed, i])
             self.samples.append(s)
         areas = np.array([s.instances.size for s in self.samples], dtype=np.float64)
         self.image_weights = areas / areas.sum() if areas.size else areas
@@ -204,8 +228,16 @@ class PatchDataset:
         m, p = self.cfg.target_margin, self.cfg.patch_size
         image, labels = self.crop(sample, rng, p + 2 * m)
         image, labels = self.augment(image, labels, rng)
+        unannotated = labels < 0
+        labels = np.maximum(labels, 0)
         targets = self.foreground_targets_fn(labels > 0) if ds.foreground_only else self.targets_fn(labels)
         out = {k: v[..., m : m + p, m : m + p] for k, v in targets.items()}
+        if self.cfg.keep_fraction < 1.0:
+            from scipy import ndimage as ndi
+
+            # an unannotated nucleus and a 2 px rim around it carry no label: 0 there, 1 elsewhere
+            rim = ndi.binary_dilation(unannotated, iterations=2) if unannotated.any() else unannotated
+            out["valid"] = (~rim[m : m + p, m : m + p]).astype(np.float32)
         out["labelled"] = np.float32(0.0 if ds.foreground_only else 1.0)
         out["image"] = np.ascontiguousarray(image[m : m + p, m : m + p].transpose(2, 0, 1))
         return out

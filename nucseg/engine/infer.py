@@ -15,15 +15,15 @@ from nucseg.engine.device import autocast
 from nucseg.methods.base import Method
 from nucseg.structures import Instances
 
-_MEAN = {3: (0.485, 0.456, 0.406), 1: (0.5,)}
-_STD = {3: (0.229, 0.224, 0.225), 1: (0.25,)}
+NORMALIZE_MEAN = {3: (0.485, 0.456, 0.406), 1: (0.5,)}
+NORMALIZE_STD = {3: (0.229, 0.224, 0.225), 1: (0.25,)}
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 N×C×H×W -> float, ImageNet statistics for RGB (the encoders' pretraining), fixed ones for greyscale."""
     c = images.shape[1]
-    mean = torch.tensor(_MEAN[c], device=images.device).view(1, c, 1, 1)
-    std = torch.tensor(_STD[c], device=images.device).view(1, c, 1, 1)
+    mean = torch.tensor(NORMALIZE_MEAN[c], device=images.device).view(1, c, 1, 1)
+    std = torch.tensor(NORMALIZE_STD[c], device=images.device).view(1, c, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 

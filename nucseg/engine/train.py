@@ -92,6 +92,21 @@ def _append_csv(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def _training_free(method, model, cfg: RunConfig, out_dir: Path, device, precision, rank: int) -> dict:
+    """A method without weights (the Fourier guide): no steps; the run directory gets its config, one validation
+    and the checkpoints, so `tune`, `export` and `segment` treat it as any other run."""
+    scores = {}
+    if rank == 0:
+        write_text(out_dir / "config.yaml", f"# nucseg {nucseg.__version__}\n" + config_to_yaml(cfg))
+        if cfg.train.val_every > 0:
+            scores = validate(method, model, cfg, validation_samples(cfg.data), device, precision)
+            _append_csv(out_dir / "val.csv", {"step": 0, **{k: round(v, 5) for k, v in scores.items()}})
+        for name in ("best.ckpt", "last.ckpt"):
+            save_checkpoint(out_dir / name, model, cfg, step=0, scores=scores, best=scores.get(
+                cfg.train.select_metric, float("nan")), best_step=0)
+    return {"best": scores.get(cfg.train.select_metric, float("nan")), "best_step": 0, "step": 0, **scores}
+
+
 def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train `cfg` into `out_dir` (config.yaml, last.ckpt, best.ckpt, train.csv, val.csv). Returns the best scores."""
     configure_malloc()
@@ -111,6 +126,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     method = get_method(cfg.method)(cfg.model)
     cfg.model = dataclasses.asdict(method.config)  # the run directory keeps the resolved method config
     model = method.build_model().to(device).to(memory_format=torch.channels_last)
+    if not any(p.requires_grad for p in model.parameters()):
+        return _training_free(method, model, cfg, out_dir, device, precision, rank)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
     optimizer = opt_cls(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start_step, best, best_step = 0, -math.inf, -1
@@ -129,6 +146,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    if cfg.data.keep_fraction < 1.0 and not method.partial_labels:
+        raise ValueError(f"data.keep_fraction {cfg.data.keep_fraction}: method '{cfg.method}' cannot leave "
+                         "unannotated nuclei out of its loss (it would learn them as background)")
     total_samples = cfg.train.steps * cfg.train.batch_size * world
     dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed,
                            foreground_targets_fn=method.foreground_targets if method.trains_on_masks else None)

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg")
+_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.fourier_guide")
 
 
 class Method:
@@ -29,6 +29,8 @@ class Method:
     config_class: ClassVar[type] = object
     # post-processing options `nucseg tune` may choose on the validation split: {option: candidate values}
     tunable: ClassVar[dict[str, list]] = {}
+    # whether `loss` honours batch["valid"] (0 on unannotated nuclei), so `data.keep_fraction` < 1 may train it
+    partial_labels: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides):
         base = OmegaConf.structured(self.config_class)

@@ -8,7 +8,9 @@ Removing the lowest frequencies removes the slowly varying stain and illuminatio
 pixel departs from its surroundings: dense, dark hematoxylin nuclei most of all. The paper takes the magnitude
 (`polarity="abs"`), which also lights up bright spots (lumina, fat, glass) as much as dark ones of the same
 contrast; `polarity="dark"` keeps only the side darker than the filtered mean (or brighter, for fluorescence), a
-choice this reimplementation adds and measures (docs/frgnet.md). The grey image is the luminance for RGB and the
+choice this reimplementation adds and measures (docs/frgnet.md; `"auto"` picks dark or bright from the
+background). Mean ROC AUC of the soft guide against the nucleus masks of the first six images of each set: MoNuSeg
+abs 0.707, dark 0.876; CPM-15 abs 0.778, dark 0.867; DSB2018 abs 0.928. The grey image is the luminance for RGB and the
 single channel otherwise. Pure numpy; it runs in data-loader workers.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-POLARITIES = ("abs", "dark", "bright")
+POLARITIES = ("abs", "dark", "bright", "auto")
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -33,6 +35,8 @@ def fourier_guide(image: np.ndarray, radius: float = 1.0, polarity: str = "abs")
         raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, not '{polarity}'")
     g = grey(image)
     h, w = g.shape
+    if polarity == "auto":  # nuclei are dark on a bright background (brightfield), bright on a dark one
+        polarity = "bright" if float(np.median(g)) < 70 else "dark"
     spectrum = np.fft.fftshift(np.fft.fft2(g))
     yy, xx = np.ogrid[:h, :w]
     # the centre of a shifted spectrum is (h // 2, w // 2) for even and odd sizes alike

@@ -5,6 +5,9 @@ normalised distance map gives one peak per nucleus; watershed seeds are the conf
 (distance > `marker_threshold` and interior probability > `interior_threshold`), grown over -distance within the
 foreground (interior + boundary probability > `fg_threshold`).
 
+Partial labels (`data.keep_fraction` < 1): pixels of unannotated nuclei and a 2 px rim (batch["valid"] = 0)
+are left out of every term, so a nucleus nobody outlined is not taught as background.
+
 Weak labels (nucleus masks only): background pixels are supervised as class 0 and mask pixels by the
 partial-label cross-entropy -log(p_interior + p_boundary), i.e. "some nucleus class"; Dice and the distance term
 use fully labelled patches only.
@@ -17,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from nucseg.labels import instance_means
 from nucseg.losses import soft_dice_loss
@@ -46,6 +48,7 @@ class UNetMethod(Method):
     name = "unet"
     config_class = UNetConfig
     tunable = WATERSHED_GRID
+    partial_labels = True
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -72,11 +75,15 @@ class UNetMethod(Method):
         log_prob = logits.log_softmax(1)
         nll = -log_prob.gather(1, target.clamp(min=0)[:, None])[:, 0]
         nll = torch.where(target < 0, -torch.logsumexp(log_prob[:, 1:], 1), nll)  # mask only: any nucleus class
-        ce = nll.mean()
+        # partial labels: unannotated nuclei (valid = 0) are neither nucleus nor background to any term
+        valid = batch.get("valid")
+        ce = nll.mean() if valid is None else (nll * valid).sum() / valid.sum().clamp(min=1)
         labelled = batch.get("labelled", torch.ones(len(target), device=target.device)) > 0
         if labelled.any():
-            dice = soft_dice_loss(logits[labelled].softmax(1), target[labelled], classes=(1, 2))
-            dist = F.mse_loss(torch.sigmoid(outputs["distance"][labelled].float()), batch["distance"][labelled])
+            w = None if valid is None else valid[labelled]
+            dice = soft_dice_loss(logits[labelled].softmax(1), target[labelled], classes=(1, 2), weight=w)
+            err = (torch.sigmoid(outputs["distance"][labelled].float()) - batch["distance"][labelled]) ** 2
+            dist = err.mean() if w is None else (err[:, 0] * w).sum() / w.sum().clamp(min=1)
         else:
             dice = dist = logits.sum() * 0.0
         total = c.weight_ce * ce + c.weight_dice * dice + c.weight_distance * dist
