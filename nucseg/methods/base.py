@@ -2,7 +2,7 @@
 
     config_class                      a dataclass whose defaults are the paper's
     build_model() -> nn.Module        the network
-    targets(labels, classes) -> dict  numpy targets, computed in data-loader workers
+    targets(labels, classes) -> dict  numpy targets, computed in data-loader workers (+ image= if targets_use_image)
     foreground_targets(mask) -> dict  optional: the same keys from a nucleus mask alone (weak labels)
     loss(outputs, batch) -> dict      named terms; the engine backpropagates "total" and logs the rest
     postprocess(outputs) -> Instances numpy, per image or block; outputs are the model's dense maps as numpy
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.fourier_guide")
+_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.fourier_guide", "nucseg.methods.frgnet")
 
 
 class Method:
@@ -31,6 +31,8 @@ class Method:
     tunable: ClassVar[dict[str, list]] = {}
     # whether `loss` honours batch["valid"] (0 on unannotated nuclei), so `data.keep_fraction` < 1 may train it
     partial_labels: ClassVar[bool] = False
+    # whether `targets` / `foreground_targets` take the (augmented) image too: `image=` (FrGNet's Fourier guide)
+    targets_use_image: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides):
         base = OmegaConf.structured(self.config_class)

@@ -1,0 +1,283 @@
+"""FrGNet (Ling & Xiong 2025) as a Method: a contour proposal network (CPN, Upschulte et al. 2022) with Fourier
+guidance (guide head + GARU), guide-based instance-level contrastive learning (GILC) and guide filtering.
+
+Representation (the CPN's): at every pixel the network scores "inside a nucleus" and regresses that nucleus'
+contour as elliptic Fourier descriptors (`efd.py`, order `order`), whose constant terms (a0, c0) are the location
+offset from the pixel to the contour's centre. A dense refinement field moves each contour point, sampled at the
+point, `refine_iterations` times by at most `refine_margin` px per step.
+
+Loss (eq. 1): instance (score BCE + descriptor smooth-L1 + contour-point L1 before and after refinement, on up to
+`proposals` sampled nucleus pixels per image: the CPN's proposal sampling) + `weight_guide` · guide BCE (eq. 2,
+target = clip(Fourier guide + annotated mask, 0, 1), soft or binarised) + `weight_contrastive` · InfoNCE (eq. 3,
+τ = 0.1). The CPN's contour loss compares with the ground-truth contour; ours compares with the target descriptors
+decoded at the same points (order 8 reproduces a nucleus mask at IoU ≈ 0.98, tests/methods/test_frgnet.py), so
+both sides share the start point and parametrisation.
+
+GILC details the paper leaves open, chosen here: embeddings are L2-normalised before the dot product (so it is the
+cosine, and τ = 0.1 has its usual meaning); positives are pairs of stride-2 positions inside the target guide
+(≥ 0.5), negatives the positions outside it; `contrast_samples` of each per image.
+
+Inference (Sec. 3.6): proposals at pixels with score > `score_threshold` (every `proposal_stride` px), contours
+decoded and refined, box non-maximum suppression at `nms_threshold`, contours filled in score order (the strongest
+on top), then every instance whose maximum predicted guide is below `guide_threshold` is dropped.
+
+Switches (Tables 3-4): `guide: soft | hard | none`, `garu`, `gilc`; `weight_*` = 0 turns a loss term off.
+Partial labels (`data.keep_fraction`): unannotated nuclei (batch["valid"] = 0) are left out of the score loss and
+never sampled as proposals; their location prior comes from the guide target, which the Fourier guide still marks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nucseg.methods.base import Method, register_method
+from nucseg.methods.frgnet.efd import coefficient_count, decode, decode_torch, descriptor_maps
+from nucseg.methods.frgnet.model import FrGNetNet
+from nucseg.structures import Instances
+
+
+@dataclass
+class FrGNetConfig:
+    encoder: str = "efficientnet_lite0"  # the paper: a ResNet (CPN's backbone); any timm encoder by name
+    encoder_weights: str | None = None
+    in_channels: int = 3
+    decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 48, 32, 16])
+    order: int = 8  # elliptic Fourier harmonics per contour
+    contour_points: int = 64
+    refine_iterations: int = 2
+    refine_margin: float = 3.0
+    guide: str = "soft"  # soft (the paper's best, Table 4) | hard | none (no guide head, GARU or filtering)
+    guide_radius: float = 1.0
+    guide_polarity: str = "abs"  # the paper's magnitude; see nucseg.targets.fourier
+    garu: bool = True
+    gilc: bool = True
+    embedding_dim: int = 64
+    temperature: float = 0.1
+    contrast_samples: int = 64
+    proposals: int = 128  # sampled nucleus pixels per image for the contour losses
+    weight_score: float = 1.0
+    weight_fourier: float = 0.1
+    weight_contour: float = 0.1
+    weight_refine: float = 0.1
+    weight_guide: float = 1.0
+    weight_contrastive: float = 0.1
+    # inference
+    score_threshold: float = 0.8
+    proposal_stride: int = 2
+    nms_threshold: float = 0.4
+    guide_threshold: float = 0.5  # Sec. 3.6
+    min_area: int = 12
+
+
+def info_nce(anchors: torch.Tensor, samples: torch.Tensor, positive: torch.Tensor, temperature: float,
+             exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 3 on L2-normalised embeddings: mean over anchors i of -log exp(z_i·z_p(i)/τ) / Σ_j exp(z_i·z_j/τ), j over
+    `samples` (which hold each anchor's positive, index `positive[i]`); `exclude[i]` (the anchor itself, when it is
+    among the samples) is left out of its sum."""
+    logits = F.normalize(anchors, dim=-1) @ F.normalize(samples, dim=-1).T / temperature
+    if exclude is not None:
+        logits = logits.index_put((torch.arange(len(anchors), device=logits.device), exclude),
+                                  torch.tensor(float("-inf"), device=logits.device))
+    return F.cross_entropy(logits, positive)
+
+
+def sample_grid(field_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a 2×H×W field at P×Q×2 (x, y) pixel positions -> P×Q×2."""
+    h, w = field_map.shape[-2:]
+    grid = torch.stack([points[..., 0] / max(w - 1, 1), points[..., 1] / max(h - 1, 1)], -1) * 2 - 1
+    return F.grid_sample(field_map[None], grid[None], align_corners=True)[0].permute(1, 2, 0)
+
+
+def refine_numpy(field_map: np.ndarray, points: np.ndarray, iterations: int) -> np.ndarray:
+    """`iterations` steps of points += field(points) (bilinear; outside the map the edge value), numpy."""
+    from scipy.ndimage import map_coordinates
+
+    pts = points.copy()
+    flat = pts.reshape(-1, 2)
+    for _ in range(iterations):
+        coords = [flat[:, 1], flat[:, 0]]
+        step = np.stack([map_coordinates(field_map[k], coords, order=1, mode="nearest") for k in (0, 1)], 1)
+        flat += step
+    return flat.reshape(pts.shape)
+
+
+@register_method
+class FrGNetMethod(Method):
+    name = "frgnet"
+    config_class = FrGNetConfig
+    partial_labels = True
+    targets_use_image = True
+    tunable = {
+        "score_threshold": [0.5, 0.6, 0.7, 0.8, 0.9],
+        "nms_threshold": [0.2, 0.3, 0.4, 0.5],
+        "guide_threshold": [0.0, 0.3, 0.5, 0.7],
+        "min_area": [6, 12, 20, 30, 45, 60, 80],
+    }
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        if self.config.guide not in ("soft", "hard", "none"):
+            raise ValueError(f"frgnet guide must be soft, hard or none, not '{self.config.guide}'")
+
+    @property
+    def use_guide(self) -> bool:
+        return self.config.guide != "none"
+
+    def build_model(self) -> nn.Module:
+        c = self.config
+        return FrGNetNet(c.encoder, c.encoder_weights, c.in_channels, tuple(c.decoder_channels),
+                         coefficient_count(c.order), self.use_guide, c.garu, c.gilc, c.embedding_dim,
+                         c.refine_margin)
+
+    # --- targets ---------------------------------------------------------------------------------------------
+
+    def _guide(self, image: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+        from nucseg.targets.fourier import guide_target
+
+        c = self.config
+        if image is None:
+            return mask.astype(np.float32)
+        return guide_target(image, mask, c.guide, c.guide_radius, c.guide_polarity)
+
+    def targets(self, labels: np.ndarray, classes: dict[int, int] | None = None,
+                image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        out = {"foreground": (labels > 0).astype(np.float32), "fourier": descriptor_maps(labels, self.config.order)}
+        if self.use_guide or self.config.gilc:
+            out["guide"] = self._guide(image, labels > 0) if self.use_guide else (labels > 0).astype(np.float32)
+        return out
+
+    def foreground_targets(self, mask: np.ndarray, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        # masks cannot give contours: the score, guide and contrast terms learn from them, proposals do not
+        out = {"foreground": mask.astype(np.float32),
+               "fourier": np.zeros((coefficient_count(self.config.order), *mask.shape), np.float32)}
+        if self.use_guide or self.config.gilc:
+            out["guide"] = self._guide(image, mask) if self.use_guide else mask.astype(np.float32)
+        return out
+
+    # --- loss --------------------------------------------------------------------------------------------------
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c = self.config
+        fg = batch["foreground"]
+        n = fg.shape[0]
+        valid = batch.get("valid", torch.ones_like(fg))
+        score = F.binary_cross_entropy_with_logits(outputs["score"][:, 0].float(), fg, reduction="none")
+        score = (score * valid).sum() / valid.sum().clamp(min=1)
+        labelled = batch.get("labelled", torch.ones(n, device=fg.device)) > 0
+        gen = torch.Generator(device="cpu").manual_seed(int(fg.sum().item()) % (2**31))  # fixed per batch
+        zero = outputs["score"].sum() * 0.0
+        fourier = contour = refine = zero
+        pred_all = outputs["fourier"].float()
+        terms = []
+        for b in range(n):
+            if not labelled[b]:
+                continue
+            ys, xs = torch.nonzero((fg[b] > 0) & (valid[b] > 0), as_tuple=True)
+            if ys.numel() == 0:
+                continue
+            pick = torch.randperm(ys.numel(), generator=gen)[: c.proposals].to(ys.device)
+            ys, xs = ys[pick], xs[pick]
+            shift = torch.stack([xs, ys], 1).float()
+            pred = pred_all[b, :, ys, xs].T.clone()
+            target = batch["fourier"][b, :, ys, xs].T.float().clone()
+            pred[:, :2] += shift
+            target[:, :2] += shift
+            p_pts = decode_torch(pred, c.contour_points)
+            t_pts = decode_torch(target, c.contour_points)
+            r_pts = p_pts
+            for _ in range(c.refine_iterations):
+                r_pts = r_pts + sample_grid(outputs["refine"][b].float(), r_pts)
+            terms.append((F.smooth_l1_loss(pred, target), (p_pts - t_pts).abs().mean(), (r_pts - t_pts).abs().mean()))
+        if terms:
+            fourier, contour, refine = (torch.stack(t).mean() for t in zip(*terms))
+        instance = c.weight_score * score + c.weight_fourier * fourier + c.weight_contour * contour \
+            + c.weight_refine * refine
+        out = {"score": score, "fourier": fourier, "contour": contour, "refine": refine}
+        total = instance
+        if self.use_guide:
+            guide = F.binary_cross_entropy_with_logits(outputs["guide"][:, 0].float(), batch["guide"].float())
+            out["guide"] = guide
+            total = total + c.weight_guide * guide
+        if c.gilc and "embedding" in outputs:
+            contrastive = self._contrastive(outputs["embedding"].float(), batch["guide"].float(), gen)
+            out["contrastive"] = contrastive
+            total = total + c.weight_contrastive * contrastive
+        out["total"] = total
+        return out
+
+    def _contrastive(self, embedding: torch.Tensor, guide: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """GILC: nuclei (guide ≥ 0.5 at the embedding's stride) attract each other and repel the background."""
+        c = self.config
+        g = F.adaptive_avg_pool2d(guide[:, None], embedding.shape[-2:])[:, 0]
+        losses = []
+        for b in range(embedding.shape[0]):
+            z = embedding[b].flatten(1).T  # positions × P
+            pos = torch.nonzero(g[b].flatten() >= 0.5)[:, 0]
+            neg = torch.nonzero(g[b].flatten() < 0.5)[:, 0]
+            if pos.numel() < 2 or neg.numel() < 1:
+                continue
+            pos = pos[torch.randperm(pos.numel(), generator=gen)[: c.contrast_samples].to(pos.device)]
+            neg = neg[torch.randperm(neg.numel(), generator=gen)[: c.contrast_samples].to(neg.device)]
+            k = pos.numel()
+            idx = torch.arange(k, device=pos.device)
+            # anchors: the sampled nuclei; each one's positive is the next nucleus; samples: nuclei + background
+            losses.append(info_nce(z[pos], z[torch.cat([pos, neg])], (idx + 1) % k, c.temperature, exclude=idx))
+        return torch.stack(losses).mean() if losses else embedding.sum() * 0.0
+
+    # --- inference ---------------------------------------------------------------------------------------------
+
+    def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = model(images)
+        dense = {"score": torch.sigmoid(out["score"].float()), "fourier": out["fourier"].float(),
+                 "refine": out["refine"].float()}
+        if "guide" in out:
+            dense["guide"] = torch.sigmoid(out["guide"].float())
+        return dense
+
+    def contours(self, dense: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(P×Q×2 refined contours (x, y) of the proposals that survive NMS, strongest first; their scores)."""
+        import torchvision
+
+        c = self.config
+        score = dense["score"][0]
+        s = max(int(c.proposal_stride), 1)
+        grid = np.zeros(score.shape, bool)
+        grid[s // 2 :: s, s // 2 :: s] = True
+        ys, xs = np.nonzero(grid & (score > c.score_threshold))
+        if ys.size == 0:
+            return np.zeros((0, c.contour_points, 2)), np.zeros(0)
+        coef = dense["fourier"][:, ys, xs].T.astype(np.float64)
+        coef[:, 0] += xs
+        coef[:, 1] += ys
+        pts = refine_numpy(dense["refine"], decode(coef, c.contour_points), c.refine_iterations)
+        boxes = np.concatenate([pts.min(1), pts.max(1)], 1)
+        keep = torchvision.ops.nms(torch.from_numpy(boxes).float(), torch.from_numpy(score[ys, xs]).float(),
+                                   c.nms_threshold).numpy()
+        return pts[keep], score[ys, xs][keep]
+
+    def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
+        import cv2
+
+        from nucseg.labels import relabel_sequential, remove_small_instances
+
+        c = self.config
+        h, w = dense["score"].shape[-2:]
+        pts, scores = self.contours(dense)
+        labels = np.zeros((h, w), np.int32)
+        # weakest first, so where contours overlap the strongest is painted last and keeps the pixels
+        for k in range(len(pts) - 1, -1, -1):
+            cv2.fillPoly(labels, [np.round(pts[k]).astype(np.int32)], int(k + 1))
+        if "guide" in dense and c.guide_threshold > 0 and labels.any():
+            from scipy import ndimage as ndi
+
+            ids = np.unique(labels)[1:]
+            peak = ndi.maximum(dense["guide"][0], labels, ids)
+            labels[np.isin(labels, ids[np.asarray(peak) < c.guide_threshold])] = 0
+        labels = remove_small_instances(labels, c.min_area)
+        labels, old = relabel_sequential(labels)
+        return Instances(labels, scores={k + 1: float(scores[int(o) - 1]) for k, o in enumerate(old)})
