@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png/jpg/tif)")
     p.add_argument("--model", help="auto (default: the shipped H&E or fluorescence model, chosen per image), a "
-                   "shipped model (he, fluo, weaveseg), a run directory, a checkpoint (.ckpt/.pt), or a method name "
+                   "shipped model (he, fluo, weaveseg, fourier-guide), a run directory, a checkpoint (.ckpt/.pt), or a method name "
                    "with --checkpoint")
     p.add_argument("--checkpoint", help="trained weights for --model NAME (e.g. --model weaveseg --checkpoint best.ckpt)")
     p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None,
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment-slide", help="segment whole slides tile by tile (resumable; Dask with --workers)")
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="svs/ndpi/mrxs/scn, (OME-)TIFF, OME-Zarr or image files")
-    p.add_argument("--model", help="as for segment: auto (default), he, fluo, weaveseg, a run directory or checkpoint")
+    p.add_argument("--model", help="as for segment: auto (default), a shipped name, a run directory or checkpoint")
     p.add_argument("--out", default="nucseg-slides", help="output folder; each slide writes OUT/<stem>/")
     p.add_argument("--mpp", type=float, help="microns per level-0 pixel, overriding the file's metadata")
     p.add_argument("--tile", type=int, help="pixels per forward pass at the model's resolution, a multiple of 32 "
