@@ -252,17 +252,16 @@ def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = N
                    use_tissue: bool = True, runtime: str | None = None, threads: int = 0, restart: bool = False,
                    progress: bool = True, on_tile=None) -> list[SlideReport]:
     """Segment each slide into `out_dir/<stem>/`. `on_tile(index)` is called after each recorded tile (tests use
-    it to interrupt a job). Returns one report per slide; a slide that fails is reported, the others go on."""
-    from nucseg.engine.checkpoints import resolve_checkpoint_file
+    it to interrupt a job). Returns one report per slide: a slide that cannot be read, or whose folder holds a job
+    with other settings, is reported (`message`, no `out`) and the others go on."""
     from nucseg.engine.device import configure_malloc, set_threads
-    from nucseg.engine.infer import Predictor
-    from nucseg.engine.segment import AUTO, SHIPPED, WEIGHTS, detect_modality, resolve_model
+    from nucseg.engine.segment import resolve_model
 
     configure_malloc()
     set_threads(threads)
-    resolved = resolve_model(model)
-    client = _dask_client(workers, scheduler) if (workers or scheduler) else None
-    predictors: dict[str, Predictor] = {}
+    job = _Job(resolve_model(model), Path(out_dir), mpp, tile, margin, batch_size, post_workers, use_tissue,
+               runtime, restart, progress, on_tile)
+    job.client = _dask_client(workers, scheduler) if (workers or scheduler) else None
     reports = []
     try:
         for path in slides:
@@ -270,60 +269,92 @@ def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = N
             reports.append(report)
             t0 = time.perf_counter()
             try:
-                slide = open_slide(path, mpp)
-            except InputError as exc:
-                report.message = exc.problem
-                continue
-            with slide:
-                thumb, thumb_down = slide.thumbnail()
-                key = detect_modality(thumb) if resolved == AUTO else str(resolved)
-                model_file = str(resolve_checkpoint_file(WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved))
-                if client is None and model_file not in predictors:
-                    predictors[model_file] = Predictor.from_checkpoint(model_file, runtime=runtime)
-                cfg = _checkpoint_infer(model_file, predictors.get(model_file))
-                tissue = tissue_mask(thumb, thumb_down) if use_tissue else None
-                border = cfg["block_margin"] if margin is None else margin
-                plan = plan_slide(slide, cfg["mpp"], tile, border, tissue, default_window=cfg["window"])
-                job_dir = Path(out_dir) / Path(path).name.split(".")[0]
-                job_dir.mkdir(parents=True, exist_ok=True)
-                if restart:
-                    (job_dir / LEDGER).unlink(missing_ok=True)
-                settings = {"slide": str(Path(path).resolve()), "size": slide.dimensions, "mpp": slide.mpp,
-                            "model": _file_digest(model_file), **plan.settings()}
-                ledger = Ledger(job_dir / LEDGER, settings)
-                try:
-                    done = ledger.done()
-                    todo = [t for t in plan.tiles if t.index not in done]
-                    report.tiles, report.tissue_tiles = plan.grid[0] * plan.grid[1], len(plan.tiles)
-                    report.resumed_tiles = len(plan.tiles) - len(todo)
-                    bar = _progress(len(plan.tiles), report.resumed_tiles, Path(path).name, progress)
-
-                    def record(index, payload, error, bar=bar, ledger=ledger):
-                        ledger.record(index, payload, error)
-                        bar.update(1)
-                        if on_tile is not None:
-                            on_tile(index)
-
-                    if client is not None:
-                        _run_on_dask(client, str(path), mpp, model_file, runtime, plan, todo, batch_size, record)
-                    else:
-                        _run_local(slide, predictors[model_file], plan, todo, batch_size, post_workers, record)
-                    bar.close()
-                    report.failed_tiles = [e for _, e in ledger.errors()]
-                    t1 = time.perf_counter()
-                    report.nuclei, files = _assemble(ledger, plan, job_dir, Path(path).name.split(".")[0], thumb,
-                                                     thumb_down, tissue, settings)
-                    report.out = str(job_dir)
-                    report.assemble_seconds = time.perf_counter() - t1
-                    if not plan.tiles:
-                        report.message = "no tissue found (outputs are empty; --no-tissue-mask reads every tile)"
-                finally:
-                    ledger.close()
+                with open_slide(path, mpp) as slide:
+                    job.run(path, slide, report)
+            except (InputError, ValueError, OSError) as exc:
+                report.message = exc.problem if isinstance(exc, InputError) else str(exc)
             report.seconds = time.perf_counter() - t0
     finally:
-        if client is not None:
-            client.close()
+        if job.client is not None:
+            job.client.close()
     return reports
+
+
+@dataclass
+class _Job:
+    """The settings shared by every slide of one `segment_slides` call, and the models it has loaded."""
+
+    resolved: object
+    out_dir: Path
+    mpp: float | None
+    tile: int | None
+    margin: int | None
+    batch_size: int
+    post_workers: int | None
+    use_tissue: bool
+    runtime: str | None
+    restart: bool
+    progress: bool
+    on_tile: object
+    client: object = None
+    predictors: dict = field(default_factory=dict)
+
+    def model_file(self, thumb: np.ndarray) -> str:
+        from nucseg.engine.checkpoints import resolve_checkpoint_file
+        from nucseg.engine.segment import AUTO, SHIPPED, WEIGHTS, detect_modality
+
+        if self.resolved == AUTO:
+            return str(resolve_checkpoint_file(WEIGHTS / SHIPPED[detect_modality(thumb)]))
+        return str(resolve_checkpoint_file(self.resolved))
+
+    def run(self, path, slide: Slide, report: SlideReport) -> None:
+        from nucseg.engine.infer import Predictor
+
+        thumb, thumb_down = slide.thumbnail()
+        model_file = self.model_file(thumb)
+        if self.client is None and model_file not in self.predictors:
+            self.predictors[model_file] = Predictor.from_checkpoint(model_file, runtime=self.runtime)
+        cfg = _checkpoint_infer(model_file, self.predictors.get(model_file))
+        tissue = tissue_mask(thumb, thumb_down) if self.use_tissue else None
+        border = cfg["block_margin"] if self.margin is None else self.margin
+        plan = plan_slide(slide, cfg["mpp"], self.tile, border, tissue, default_window=cfg["window"])
+        stem = Path(path).name.split(".")[0]
+        job_dir = self.out_dir / stem
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if self.restart:
+            (job_dir / LEDGER).unlink(missing_ok=True)
+        settings = {"slide": str(Path(path).resolve()), "size": slide.dimensions, "mpp": slide.mpp,
+                    "model": _file_digest(model_file), **plan.settings()}
+        ledger = Ledger(job_dir / LEDGER, settings)
+        try:
+            done = ledger.done()
+            todo = [t for t in plan.tiles if t.index not in done]
+            report.tiles, report.tissue_tiles = plan.grid[0] * plan.grid[1], len(plan.tiles)
+            report.resumed_tiles = len(plan.tiles) - len(todo)
+            bar = _progress(len(plan.tiles), report.resumed_tiles, Path(path).name, self.progress)
+
+            def record(index, payload, error):
+                ledger.record(index, payload, error)
+                bar.update(1)
+                if self.on_tile is not None:
+                    self.on_tile(index)
+
+            if self.client is not None:
+                _run_on_dask(self.client, str(path), self.mpp, model_file, self.runtime, plan, todo,
+                             self.batch_size, record)
+            else:
+                _run_local(slide, self.predictors[model_file], plan, todo, self.batch_size, self.post_workers,
+                           record)
+            bar.close()
+            report.failed_tiles = [e for _, e in ledger.errors()]
+            t1 = time.perf_counter()
+            report.nuclei, _ = _assemble(ledger, plan, job_dir, stem, thumb, thumb_down, tissue, settings)
+            report.assemble_seconds = time.perf_counter() - t1
+            report.out = str(job_dir)
+            if not plan.tiles:
+                report.message = "no tissue found (outputs are empty; --no-tissue-mask reads every tile)"
+        finally:
+            ledger.close()
 
 
 def _checkpoint_infer(model_file: str, predictor) -> dict:

@@ -186,9 +186,9 @@ def test_killed_job_resumes_to_the_same_result(trained_run, tmp_path):
     assert resumed.resumed_tiles == 4 and resumed.nuclei == whole.nuclei
     for a, b in zip(slide_outputs(job), slide_outputs(tmp_path / "whole" / "k")):
         assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-    # the same folder with other settings is refused, not mixed
-    with pytest.raises(ValueError, match="other settings.*margin"):
-        run_slide(path, tmp_path / "job", trained_run[0], margin=16)
+    # the same folder with other settings is refused, not mixed, and the report says why
+    refused = run_slide(path, tmp_path / "job", trained_run[0], margin=16)
+    assert not refused.out and "other settings" in refused.message and "margin" in refused.message
 
 
 def test_corrupt_tile_is_reported_and_the_slide_goes_on(trained_run, tmp_path):
