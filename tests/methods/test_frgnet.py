@@ -112,3 +112,15 @@ def test_smoke_training_lowers_the_loss_and_each_switch_trains(tmp_path):
     for switch in (["model.guide=none", "model.gilc=false"], ["model.guide=hard"], ["data.keep_fraction=0.3"]):
         cfg = load_config("configs/frgnet/smoke.yaml", ["train.steps=3", "train.val_every=0", *switch])
         assert np.isfinite(train(cfg, tmp_path / "_".join(switch), progress=False)["step"])
+
+
+def test_box_nms_matches_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    from nucseg.methods.frgnet.method import box_nms
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 100, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 20, (300, 2))], 1)
+    scores = rng.uniform(size=300)
+    ref = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.4).numpy()
+    np.testing.assert_array_equal(box_nms(boxes, scores, 0.4), ref)

@@ -106,6 +106,23 @@ def refine_numpy(field_map: np.ndarray, points: np.ndarray, iterations: int) -> 
     return flat.reshape(pts.shape)
 
 
+def box_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression of N×4 (x0, y0, x1, y1) boxes: indices kept, strongest first. numpy, so
+    post-processing workers need not import torchvision (seconds of start-up)."""
+    order = np.argsort(-scores, kind="stable")
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
+        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
+        inter = w * h
+        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[iou <= threshold]
+    return np.asarray(keep, np.int64)
+
+
 @register_method
 class FrGNetMethod(Method):
     name = "frgnet"
@@ -242,8 +259,6 @@ class FrGNetMethod(Method):
 
     def contours(self, dense: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(P×Q×2 refined contours (x, y) of the proposals that survive NMS, strongest first; their scores)."""
-        import torchvision
-
         c = self.config
         score = dense["score"][0]
         s = max(int(c.proposal_stride), 1)
@@ -256,9 +271,7 @@ class FrGNetMethod(Method):
         coef[:, 0] += xs
         coef[:, 1] += ys
         pts = refine_numpy(dense["refine"], decode(coef, c.contour_points), c.refine_iterations)
-        boxes = np.concatenate([pts.min(1), pts.max(1)], 1)
-        keep = torchvision.ops.nms(torch.from_numpy(boxes).float(), torch.from_numpy(score[ys, xs]).float(),
-                                   c.nms_threshold).numpy()
+        keep = box_nms(np.concatenate([pts.min(1), pts.max(1)], 1), score[ys, xs], c.nms_threshold)
         return pts[keep], score[ys, xs][keep]
 
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
