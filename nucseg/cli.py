@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (png/jpg/tif)")
     p.add_argument("--model", help="auto (default: the shipped H&E or fluorescence model, chosen per image), a "
-                   "shipped model (he, fluo, weaveseg, fourier-guide), a run directory, a checkpoint (.ckpt/.pt), or a method name "
+                   "shipped model (he, fluo, weaveseg, fourier-guide, frgnet), a run directory, a checkpoint (.ckpt/.pt), or a method name "
                    "with --checkpoint")
     p.add_argument("--checkpoint", help="trained weights for --model NAME (e.g. --model weaveseg --checkpoint best.ckpt)")
     p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None,

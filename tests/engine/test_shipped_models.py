@@ -49,3 +49,17 @@ def test_weaveseg_by_name(tmp_path):
     report = segment_files([str(tmp_path / "in")], tmp_path / "out", model="weaveseg", progress=False,
                            outputs=("labels",))
     assert not report.failed and report.rows[0]["model"] == "weaveseg"
+
+
+@pytest.mark.parametrize("name", ["frgnet", "fourier-guide"])
+def test_frgnet_and_the_fourier_guide_by_name(name, shared_data, tmp_path):
+    from nucseg.io.images import read_image, read_label
+    from nucseg.metrics import aji
+
+    crop = read_image(sorted((shared_data / "monuseg-train/images").glob("*.png"))[0])[:256, :256, :3]
+    truth = read_label(sorted((shared_data / "monuseg-train/labels").glob("*.png"))[0])[:256, :256]
+    write_image(tmp_path / "in" / "crop.png", crop)
+    report = segment_files([str(tmp_path / "in")], tmp_path / "out", model=name, progress=False, runtime="torch")
+    assert not report.failed and report.rows[0]["model"] == name
+    labels = read_label(tmp_path / "out/labels/crop.png")
+    assert report.rows[0]["nuclei"] > 20 and aji(truth, labels) > 0.25
