@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.fourier_guide", "nucseg.methods.frgnet")
+_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet")
 
 
 class Method:

@@ -45,7 +45,7 @@ def test_soft_and_hard_targets():
 @pytest.mark.parametrize("polarity", ["abs", "dark", "bright", "auto"])
 def test_torch_guide_equals_numpy(polarity):
     from nucseg.engine.infer import normalize
-    from nucseg.methods.fourier_guide import FourierGuideNet
+    from nucseg.methods.frgnet import FourierGuideNet
 
     image = synthetic_sample(64, 8, seed=2).image[..., :3]
     x = normalize(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])

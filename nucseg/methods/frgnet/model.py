@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nucseg.methods.unet.model import DecoderBlock, conv_bn_relu
+from nucseg.methods.unet.model import conv_bn_relu, unet_decoder
 from nucseg.models.encoders import create_encoder
 
 
@@ -60,15 +60,7 @@ class FrGNetNet(nn.Module):
         enc_ch = self.encoder.feature_info.channels()
         if self.encoder.feature_info.reduction()[0] != 2:
             raise ValueError(f"encoder '{encoder}' must have a stride-2 feature level")
-        skips = list(reversed(enc_ch[:-1])) + [0]
-        if len(decoder_channels) < len(skips):
-            raise ValueError(f"decoder_channels needs {len(skips)} entries for encoder '{encoder}'")
-        chans = tuple(decoder_channels)[: len(skips)]
-        blocks, cin = [], enc_ch[-1]
-        for cskip, cout in zip(skips, chans):
-            blocks.append(DecoderBlock(cin, cskip, cout))
-            cin = cout
-        self.decoder = nn.ModuleList(blocks)
+        self.decoder, chans = unet_decoder(enc_ch, decoder_channels, True, encoder)
         c1, c0 = chans[-2], chans[-1]
         self.use_guide, self.use_garu, self.use_gilc = use_guide, use_guide and use_garu, use_gilc
         self.refine_margin = refine_margin

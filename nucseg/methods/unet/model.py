@@ -30,6 +30,21 @@ class DecoderBlock(nn.Module):
         return self.conv(x)
 
 
+def unet_decoder(enc_channels: list[int], decoder_channels, full_resolution: bool, encoder: str = "") \
+        -> tuple[nn.ModuleList, list[int]]:
+    """Decoder blocks from the deepest encoder level up, one per skip (and one more at full resolution, with no
+    skip, when `full_resolution`); returns the blocks and their output channels."""
+    skips = list(reversed(enc_channels[:-1])) + ([0] if full_resolution else [])
+    if len(decoder_channels) < len(skips):
+        raise ValueError(f"decoder_channels needs {len(skips)} entries for encoder '{encoder}'")
+    chans = list(decoder_channels)[: len(skips)]
+    blocks, cin = [], enc_channels[-1]
+    for cskip, cout in zip(skips, chans):
+        blocks.append(DecoderBlock(cin, cskip, cout))
+        cin = cout
+    return nn.ModuleList(blocks), chans
+
+
 class UNet(nn.Module):
     """Encoder (timm, features at strides 2..32) -> U-Net decoder -> full-resolution named heads."""
 
@@ -51,15 +66,8 @@ class UNet(nn.Module):
         # Stride 2 drops the full-resolution block (the costliest: every conv at H×W) and upsamples the heads'
         # outputs bilinearly; nuclei at 20-40x span 10-40 px, so their maps survive that.
         self.full_resolution = reductions[0] > 1 and output_stride == 1
-        skips = list(reversed(enc_ch[:-1])) + ([0] if self.full_resolution else [])
-        if len(decoder_channels) < len(skips):
-            raise ValueError(f"decoder_channels needs {len(skips)} entries for encoder '{encoder}'")
-        decoder_channels = tuple(decoder_channels)[: len(skips)]
-        blocks, cin = [], enc_ch[-1]
-        for cskip, cout in zip(skips, decoder_channels):
-            blocks.append(DecoderBlock(cin, cskip, cout))
-            cin = cout
-        self.decoder = nn.ModuleList(blocks)
+        self.decoder, chans = unet_decoder(enc_ch, decoder_channels, self.full_resolution, encoder)
+        cin = chans[-1]
         heads = heads or {"logits": 1}
         self.heads = nn.ModuleDict({name: nn.Conv2d(cin, ch, 1) for name, ch in heads.items()})
 

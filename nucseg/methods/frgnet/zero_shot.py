@@ -1,4 +1,4 @@
-"""The training-free Fourier guide as a method (`nucseg segment --model fourier-guide`): FrGNet's Fig. 1.
+"""FrGNet's Fourier guide alone, the training-free method (`nucseg segment --model fourier-guide`): FrGNet's Fig. 1.
 
 The network is the guide itself (`nucseg.targets.fourier`, here in torch so it runs through the engine like any
 model): it has no weights. Post-processing turns the soft guide into instances: a Gaussian smoothing (σ = `sigma`
