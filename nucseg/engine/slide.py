@@ -33,7 +33,7 @@ import numpy as np
 
 from nucseg.io.images import InputError
 from nucseg.io.slides import Slide, TissueMask, open_slide, tissue_mask
-from nucseg.labels import centroids, instance_outlines, instance_properties
+from nucseg.labels import instance_outlines, instance_properties
 from nucseg.postprocess.tiles import Tile, default_tile, owned, pad_to_tile, plan_tiles
 
 LEDGER = ".job.sqlite"
@@ -120,10 +120,11 @@ def finish_tile(method, dense: dict[str, np.ndarray], image: np.ndarray, tile: T
     outlines = instance_outlines(local)
     props = instance_properties(local, image[:h, :w], plan.mpp, outlines)
     f = plan.to_level0
-    # centroids in level-0 pixels (pixel centres: work pixel u is level-0 (u + 0.5)·f - 0.5)
-    _, pix = centroids(local)
-    props["centroid_x"] = (pix[:, 1] + x0 + 0.5) * f - 0.5 if old.size else np.zeros(0)
-    props["centroid_y"] = (pix[:, 0] + y0 + 0.5) * f - 0.5 if old.size else np.zeros(0)
+    # centroids in level-0 pixels (pixel centres: work pixel u is level-0 (u + 0.5)·f - 0.5); the properties hold
+    # them in µm when the resolution is known
+    unit = plan.mpp or 1.0
+    props["centroid_x"] = (props["centroid_x"] / unit + x0 + 0.5) * f - 0.5
+    props["centroid_y"] = (props["centroid_y"] / unit + y0 + 0.5) * f - 0.5
     geoms = [outlines[k] for k in range(1, old.size + 1)]
     shift = np.array([x0, y0], np.float64)
     wkb = [shapely.to_wkb(shapely.transform(g, lambda xy: (xy + shift) * f)) for g in geoms]
@@ -221,23 +222,38 @@ def run_tiles(slide_path: str, mpp: float | None, model_file: str, runtime: str 
               plan: SlidePlan, tiles: list[Tile]) -> list[tuple[int, bytes | None, str | None]]:
     """Read, predict and post-process `tiles` in one worker: the Dask task. Returns (index, payload, error)."""
     predictor = _worker_predictor(model_file, runtime, threads)
-    slide = _worker_slide(slide_path, mpp)
-    out, good = [], []
-    for t in tiles:
-        try:
-            good.append((t, read_tile(slide, plan, t)))
-        except Exception as exc:
-            out.append((t.index, None, tile_error(t, exc)))
-    try:
-        dense = predictor.dense_batch([image for _, image in good]) if good else []
-    except Exception as exc:
-        return out + [(t.index, None, tile_error(t, exc)) for t, _ in good]
-    for (t, image), maps in zip(good, dense):  # the task's tiles are one forward batch (--batch-size)
+    predicted, failed = predict_tiles(predictor, read_tiles(_worker_slide(slide_path, mpp), plan, tiles))
+    out = [(t.index, None, error) for t, error in failed]
+    for t, image, maps in predicted:  # the task's tiles are one forward batch (--batch-size)
         try:
             out.append((t.index, finish_tile(predictor.method, maps, image, t, plan), None))
         except Exception as exc:
             out.append((t.index, None, tile_error(t, exc)))
     return out
+
+
+def read_tiles(slide: Slide, plan: SlidePlan, tiles: list[Tile]) -> list[tuple[Tile, np.ndarray | None, str | None]]:
+    """(tile, image, None), or (tile, None, error) for a tile that cannot be read."""
+    out = []
+    for t in tiles:
+        try:
+            out.append((t, read_tile(slide, plan, t), None))
+        except Exception as exc:
+            out.append((t, None, tile_error(t, exc)))
+    return out
+
+
+def predict_tiles(predictor, items) -> tuple[list[tuple[Tile, np.ndarray, dict]], list[tuple[Tile, str]]]:
+    """The readable tiles of `read_tiles` through one forward batch: ((tile, image, maps)...), ((tile, error)...)."""
+    failed = [(t, error) for t, _, error in items if error is not None]
+    good = [(t, image) for t, image, error in items if error is None]
+    if not good:
+        return [], failed
+    try:
+        dense = predictor.dense_batch([image for _, image in good])
+    except Exception as exc:
+        return [], failed + [(t, tile_error(t, exc)) for t, _ in good]
+    return [(t, image, maps) for (t, image), maps in zip(good, dense)], failed
 
 
 def tile_error(tile: Tile, exc: Exception) -> str:
@@ -400,15 +416,6 @@ def _run_local(slide: Slide, predictor, plan: SlidePlan, todo: list[Tile], batch
     if not batches:
         return
 
-    def read(batch):
-        out = []
-        for t in batch:
-            try:
-                out.append((t, read_tile(slide, plan, t), None))
-            except Exception as exc:
-                out.append((t, None, tile_error(t, exc)))
-        return out
-
     if threaded:
         pool = ThreadPoolExecutor(1)
     else:
@@ -426,24 +433,15 @@ def _run_local(slide: Slide, predictor, plan: SlidePlan, todo: list[Tile], batch
 
     try:
         with ThreadPoolExecutor(1) as reader:
-            ahead = reader.submit(read, batches[0])
+            ahead = reader.submit(read_tiles, slide, plan, batches[0])
             for k in range(len(batches)):
                 items = ahead.result()
                 if k + 1 < len(batches):
-                    ahead = reader.submit(read, batches[k + 1])
-                for t, _, error in items:
-                    if error is not None:
-                        record(t.index, None, error)
-                good = [(t, im) for t, im, error in items if error is None]
-                if not good:
-                    continue
-                try:
-                    dense = predictor.dense_batch([im for _, im in good])
-                except Exception as exc:
-                    for t, _ in good:
-                        record(t.index, None, tile_error(t, exc))
-                    continue
-                for (t, im), d in zip(good, dense):
+                    ahead = reader.submit(read_tiles, slide, plan, batches[k + 1])
+                predicted, failed = predict_tiles(predictor, items)
+                for t, error in failed:
+                    record(t.index, None, error)
+                for t, im, d in predicted:
                     if pool is None:
                         try:
                             pending.append((t, finish_tile(predictor.method, d, im, t, plan)))

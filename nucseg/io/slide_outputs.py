@@ -31,6 +31,11 @@ from nucseg.io.writers import geojson_feature
 CHUNK = 1024  # label-store chunk side, in pixels
 
 
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 class SlideWriter:
     def __init__(self, out_dir: Path, stem: str, work_size: tuple[int, int], mpp: float | None, to_level0: float,
                  columns: list[str], class_names: dict[int, str] | None = None):
@@ -99,12 +104,15 @@ class SlideWriter:
         props = {k: np.array(v, np.float64) for k, v in tile["props"].items()}
         f, unit = self.to_level0, self.mpp or 1.0
         for j in np.flatnonzero(trimmed):
-            mask = np.where(region == new_ids[j], 1, 0).astype(np.int32)
+            # within the nucleus' own box in the tile, not the whole region
+            r0, r1, c0, c1 = _box(local == j + 1)
+            mask = (region[r0:r1, c0:c1] == new_ids[j]).astype(np.int32)
             g = instance_outlines(mask)[1]
-            geoms[j] = shapely.transform(g, lambda xy: (xy + np.array([ox, oy], np.float64)) * f)
+            shift = np.array([ox + c0, oy + r0], np.float64)
+            geoms[j] = shapely.transform(g, lambda xy, shift=shift: (xy + shift) * f)
             rr, cc = np.nonzero(mask)
-            props["centroid_x"][j] = (cc.mean() + ox + 0.5) * f - 0.5
-            props["centroid_y"][j] = (rr.mean() + oy + 0.5) * f - 0.5
+            props["centroid_x"][j] = (cc.mean() + c0 + ox + 0.5) * f - 0.5
+            props["centroid_y"][j] = (rr.mean() + r0 + oy + 0.5) * f - 0.5
             props["area"][j] = mask.sum() * unit**2
             props["perimeter"][j] = sum(midpoint_length(r) for r in outline_rings(g)) * unit
             props["solidity"][j] = mask.sum() / g.convex_hull.area
