@@ -19,17 +19,26 @@ class OptimConfig:
     name: str = "adamw"  # adam | adamw
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | step (×gamma every step_size) | multistep (×gamma at milestones) | constant
+    # cosine | step (×gamma every step_size) | multistep (×gamma at milestones) | constant
+    # | linear (constant, then a straight line down to min_lr_ratio·lr from `decay_from` of the steps: pix2pix's)
+    schedule: str = "cosine"
     warmup_steps: int = 100
     step_size: int = 1000
     gamma: float = 0.1
     milestones: list[int] = field(default_factory=list)
     min_lr_ratio: float = 0.02
+    decay_from: float = 0.5
+    # methods with several optimisers (a GAN's generator and discriminator): a learning rate per optimiser name,
+    # in place of `lr`; the schedule scales each alike
+    lr_per_optimizer: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
     steps: int = 4000
+    # methods trained in stages (`Method.stages`: GeNSeg-Net's enhancement then segmentation): the steps of each
+    # stage by name; `steps` is then their sum. Each stage runs the optimiser schedule from its own start.
+    stage_steps: dict[str, int] = field(default_factory=dict)
     batch_size: int = 8
     val_every: int = 500
     log_every: int = 20

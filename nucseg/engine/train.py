@@ -25,8 +25,8 @@ from nucseg.engine.checkpoints import init_weights, load_checkpoint, save_checkp
 from nucseg.engine.config import RunConfig, config_to_yaml
 from nucseg.engine.device import autocast, configure_malloc, resolve_precision, select_device, set_threads
 from nucseg.engine.infer import Predictor, normalize
-from nucseg.io.images import write_text
-from nucseg.methods import get_method
+from nucseg.io.images import atomic_path, write_text
+from nucseg.methods import Stage, get_method
 from nucseg.metrics import aji, compute_overlap, dice, pq
 
 
@@ -36,6 +36,10 @@ def lr_at(step: int, cfg, total_steps: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "linear":
+        start = int(cfg.decay_from * total_steps)
+        t = min(max(step - start, 0) / max(total_steps - start, 1), 1.0)
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * t)
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** (step // max(cfg.step_size, 1))
     if cfg.schedule == "multistep":
@@ -62,6 +66,39 @@ class _StepSampler(torch.utils.data.Sampler):
         return (self.steps - self.start) * self.batch
 
 
+def stage_plan(method, cfg: RunConfig) -> list[tuple[Stage, int, int]]:
+    """(stage, first step, end step) for each of the method's stages, in order; a one-stage method runs
+    `train.steps`, a staged one `train.stage_steps` of each stage."""
+    stages = method.stages()
+    if len(stages) == 1 and not cfg.train.stage_steps:
+        return [(stages[0], 0, cfg.train.steps)]
+    names = [s.name for s in stages]
+    given = dict(cfg.train.stage_steps)
+    if set(given) != set(names):
+        raise ValueError(f"train.stage_steps must give the steps of each stage of method '{cfg.method}': {names} "
+                         f"(got {sorted(given) or 'none'})")
+    plan, start = [], 0
+    for stage in stages:
+        plan.append((stage, start, start + int(given[stage.name])))
+        start += int(given[stage.name])
+    return plan
+
+
+def enter_stage(model: torch.nn.Module, optimizers: dict, stage: Stage) -> None:
+    """Train only what the stage's optimisers hold; a top-level part of the model with none of those parameters
+    (a frozen encoder, the finished generator) runs in inference mode, so its BatchNorm statistics stay as trained."""
+    active = {id(p) for name in stage.optimizers for g in optimizers[name].param_groups for p in g["params"]}
+    for opt in optimizers.values():
+        for g in opt.param_groups:
+            for p in g["params"]:
+                p.requires_grad_(id(p) in active)
+    model.train()
+    for child in model.children():
+        params = list(child.parameters())
+        if params and not any(id(p) in active for p in params):
+            child.eval()
+
+
 def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict[str, float]:
     """Mean AJI / PQ / Dice per validation set and over all images."""
     # torch: the weights change between validations, so an exported runtime would be rebuilt each time
@@ -79,14 +116,26 @@ def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict
         rows += set_rows
     for k in ("aji", "pq", "dice"):
         out[k] = float(np.mean([r[k] for r in rows])) if rows else float("nan")
-    model.train()
     return out
 
 
 def _append_csv(path: Path, row: dict) -> None:
+    """Append a row; a row with new columns (the next stage's losses) rewrites the file with the wider header."""
+    fields = []
+    if path.exists():
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f), [])
+    if path.exists() and not set(row) <= set(fields):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        fields += [k for k in row if k not in fields]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=fields if not new else list(row))
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -129,12 +178,23 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if not any(p.requires_grad for p in model.parameters()):
         return _training_free(method, model, cfg, out_dir, device, precision, rank)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
-    optimizer = opt_cls(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    plan = stage_plan(method, cfg)
+    cfg.train.steps = plan[-1][2]
+    groups = method.optimizer_groups(model)
+    if unknown := set(cfg.optim.lr_per_optimizer) - set(groups):
+        raise ValueError(f"optim.lr_per_optimizer names {sorted(unknown)}: method '{cfg.method}' has the optimisers "
+                         f"{sorted(groups)}")
+    base_lr = {name: cfg.optim.lr_per_optimizer.get(name, cfg.optim.lr) for name in groups}
+    optimizers = {name: opt_cls(params, lr=base_lr[name], weight_decay=cfg.optim.weight_decay)
+                  for name, params in groups.items()}
     start_step, best, best_step = 0, -math.inf, -1
     if resume and (out_dir / "last.ckpt").is_file():
         ckpt = load_checkpoint(out_dir / "last.ckpt")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        # checkpoints before several optimisers held one, as "optimizer"
+        states = ckpt.get("optimizers") or {"model": ckpt["optimizer"]}
+        for name, opt in optimizers.items():
+            opt.load_state_dict(states[name])
         start_step, best, best_step = int(ckpt["step"]), float(ckpt["best"]), int(ckpt["best_step"])
     elif cfg.train.init_from:
         loaded, total = init_weights(model, cfg.train.init_from, cfg.train.init_only)
@@ -143,8 +203,10 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     if rank == 0:
         write_text(out_dir / "config.yaml", f"# nucseg {nucseg.__version__}\n" + config_to_yaml(cfg))
     ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if world > 1:  # built while every trained parameter still requires grad, so each one is synchronised
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=len(optimizers) > 1 or len(plan) > 1)
 
     if cfg.data.keep_fraction < 1.0 and not method.partial_labels:
         raise ValueError(f"data.keep_fraction {cfg.data.keep_fraction}: method '{cfg.method}' cannot leave "
@@ -171,39 +233,60 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train {cfg.method}", dynamic_ncols=True)
-    model.train()
     step, t0 = start_step, time.time()
     last_scores: dict = {}
+    stage = None
     for batch in loader:
-        lr = lr_at(step, cfg.optim, cfg.train.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        current, stage_start, stage_end = next(p for p in plan if p[1] <= step < p[2])
+        if current != stage:
+            stage = current
+            enter_stage(model, optimizers, stage)
+        lrs = {name: lr_at(step - stage_start, dataclasses.replace(cfg.optim, lr=base_lr[name]),
+                           stage_end - stage_start) for name in stage.optimizers}
+        for name, lr in lrs.items():
+            for group in optimizers[name].param_groups:
+                group["lr"] = lr
         images = normalize(batch.pop("image").to(device)).contiguous(memory_format=torch.channels_last)
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device, precision):
-            outputs = ddp_model(images)
-        losses = method.loss(outputs, batch)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        logged: dict[str, torch.Tensor] = {}
+        updates = method.training_step(ddp_model, images, batch, stage.name)
+        while True:
+            with autocast(device, precision):
+                try:
+                    name, losses = next(updates)
+                except StopIteration:
+                    break
+            if name not in stage.optimizers:
+                raise ValueError(f"method '{cfg.method}' stepped optimiser '{name}' in stage '{stage.name}', which "
+                                 f"trains {list(stage.optimizers)}")
+            optimizer = optimizers[name]
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                               cfg.train.grad_clip)
+            optimizer.step()
+            # one optimiser: its terms as they are; several: prefixed by the optimiser's name
+            logged.update(losses if len(optimizers) == 1 else {f"{name}/{k}": v for k, v in losses.items()})
         step += 1
         if rank == 0:
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                row = {"step": step, "lr": lr, "seconds": round(time.time() - t0, 2)}
-                row.update({k: round(float(v.item()), 6) for k, v in losses.items()})
+                bar.set_postfix({k: f"{v.item():.4f}" for k, v in logged.items() if k.endswith("total")})
+            if step % cfg.train.log_every == 0 or step == stage_end:
+                row = {"step": step, "stage": stage.name, "seconds": round(time.time() - t0, 2)}
+                row.update({f"lr/{k}" if len(lrs) > 1 else "lr": v for k, v in lrs.items()})
+                row.update({k: round(float(v.item()), 6) for k, v in logged.items()})
                 _append_csv(out_dir / "train.csv", row)
                 if tensorboard is not None:
                     for k, v in row.items():
-                        if k not in ("step", "seconds"):
+                        if k not in ("step", "seconds", "stage"):
                             tensorboard.add_scalar(f"train/{k}", v, step)
-            is_val = cfg.train.val_every > 0 and (step % cfg.train.val_every == 0 or step == cfg.train.steps)
+            is_val = stage.validate and cfg.train.val_every > 0 and (
+                step % cfg.train.val_every == 0 or step == cfg.train.steps)
             if is_val and val_sets:
                 scores = validate(method, model, cfg, val_sets, device, precision)
+                enter_stage(model, optimizers, stage)
                 last_scores = scores
                 _append_csv(out_dir / "val.csv", {"step": step, **{k: round(v, 5) for k, v in scores.items()}})
                 if tensorboard is not None:
@@ -214,8 +297,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                     save_checkpoint(out_dir / "best.ckpt", model, cfg, step=step, scores=scores)
                 if bar is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "/" not in k))
-            if is_val or step == cfg.train.steps or step % max(cfg.train.val_every, 100) == 0:
-                save_checkpoint(out_dir / "last.ckpt", model, cfg, optimizer=optimizer.state_dict(), step=step,
+            if is_val or step == stage_end or step % max(cfg.train.val_every, 100) == 0:
+                save_checkpoint(out_dir / "last.ckpt", model, cfg,
+                                optimizers={k: o.state_dict() for k, o in optimizers.items()}, step=step,
                                 best=best, best_step=best_step)
     if bar is not None:
         bar.close()

@@ -6,11 +6,21 @@
     foreground_targets(mask) -> dict  optional: the same keys from a nucleus mask alone (weak labels)
     loss(outputs, batch) -> dict      named terms; the engine backpropagates "total" and logs the rest
     postprocess(outputs) -> Instances numpy, per image or block; outputs are the model's dense maps as numpy
+
+Training hooks, for methods that need more than one optimiser or phase (a GAN, a two-stage method); the engine keeps
+the one loop, the checkpoints, the schedules and the devices:
+
+    optimizer_groups(model) -> {name: params}    one optimiser each (default: "model" over every trainable parameter)
+    stages() -> [Stage]                          phases run one after another (`train.stage_steps` sets their lengths)
+    training_step(model, images, batch, stage)   yields (optimiser name, losses); the engine steps that optimiser on
+                                                 losses["total"] before asking for the next
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +31,18 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet")
+_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet", "nucseg.methods.gensegnet")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A phase of training: the optimisers that step in it, and whether validating the whole pipeline (segmenting
+    the validation images) means anything yet. Parts of the model no active optimiser trains are frozen and run in
+    inference mode for the stage (BatchNorm statistics and dropout as at inference)."""
+
+    name: str
+    optimizers: tuple[str, ...] = ("model",)
+    validate: bool = True
 
 
 class Method:
@@ -58,6 +79,21 @@ class Method:
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def optimizer_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups, one optimiser each (its learning rate: `optim.lr_per_optimizer[name]`, else
+        `optim.lr`). Parameters in no group are not trained."""
+        return {"model": [p for p in model.parameters() if p.requires_grad]}
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train")]
+
+    def training_step(self, model: nn.Module, images: torch.Tensor, batch: dict[str, torch.Tensor],
+                      stage: str) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        """Yield (optimiser name, named losses) in order. The engine backpropagates losses["total"] and steps that
+        optimiser before resuming the generator, so a later loss sees the updated weights (a GAN's generator step
+        after its discriminator step). `model` may be DDP-wrapped: call it, don't reach into its submodules."""
+        yield "model", self.loss(model(images), batch)
 
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense per-pixel maps (probabilities, distances) to blend across windows. Default: the model's outputs."""

@@ -35,6 +35,20 @@ def packaged_weights_path(name: str) -> Path:
     return Path(obj())
 
 
+def adapt_input_channels(weight: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """An RGB stem convolution's weight for another input channel count (as timm's `adapt_input_conv`): summed over
+    RGB for one channel (a grey image then meets the filters as an RGB image with equal channels would), repeated
+    and rescaled for more. Other tensors are returned unchanged."""
+    if weight.ndim != 4 or tuple(weight.shape) == tuple(shape) or weight.shape[0] != shape[0] \
+            or weight.shape[2:] != torch.Size(shape[2:]):
+        return weight
+    cin = shape[1]
+    if cin == 1:
+        return weight.sum(1, keepdim=True)
+    reps = -(-cin // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :cin] * (weight.shape[1] / cin)
+
+
 def remap_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a state dict onto another architecture's key names when both list the same tensors in the same order
     (e.g. efficientnet_pytorch -> timm). The target may be a prefix of the source (a features_only backbone drops
@@ -46,6 +60,7 @@ def remap_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.T
     src = src[: len(dst)]
     out = {}
     for (sk, sv), dk in zip(src, dst):
+        sv = adapt_input_channels(sv, tuple(target[dk].shape))
         if tuple(sv.shape) != tuple(target[dk].shape):
             raise ValueError(f"cannot remap weights: {sk} {tuple(sv.shape)} vs {dk} {tuple(target[dk].shape)}")
         out[dk] = sv
@@ -64,6 +79,7 @@ def load_encoder_weights(model: nn.Module, weights: str | Path) -> None:
     state = {k: v for k, v in state.items() if not k.startswith(("classifier", "fc.", "_fc", "head"))}
     if not {k for k in target if not k.endswith("num_batches_tracked")}.issubset(state):
         state = remap_by_position(state, target)  # other key names, same layers in the same order
+    state = {k: adapt_input_channels(v, tuple(target[k].shape)) if k in target else v for k, v in state.items()}
     # BatchNorm fills in a missing num_batches_tracked itself; any other missing tensor is an error
     missing, _ = model.load_state_dict({k: state[k] for k in target if k in state}, strict=False)
     if missing:

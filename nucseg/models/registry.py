@@ -13,7 +13,8 @@ import torch.nn as nn
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-_BUILTIN_METHOD_PACKAGES = ("nucseg.methods.unet", "nucseg.methods.weaveseg")
+_BUILTIN_METHOD_PACKAGES = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet",
+                            "nucseg.methods.gensegnet")
 
 
 def register_model(name: str, description: str) -> Callable:
