@@ -5,7 +5,10 @@ read the PNG, predict, post-process, write labels + overlay + GeoJSON + CSV. Rep
 one warm-up tile. Then the same tiles through `nucseg segment` as a user runs it (outputs written on a background
 thread while the next tile is predicted): wall seconds per tile, model loading included.
 
-    python benchmarks/segment.py [--model default|RUN_DIR|CKPT] [--threads 2] [--tiles 4] [--pipeline-tiles 12] [--train-steps 5]
+    python benchmarks/segment.py [--model default|RUN_DIR|CKPT] [--threads 2] [--tiles 4] [--pipeline-tiles 12]
+                                 [--train-steps 5] [--crop 512]
+
+`--crop N` uses the top-left N×N of each tile (GeNSeg-Net's paper times 512² images).
 """
 
 from __future__ import annotations
@@ -19,6 +22,20 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiles(args, n: int, tmp: str) -> list[Path]:
+    """The first `n` MoNuSeg tiles, or their top-left `--crop`² written to `tmp`."""
+    tiles = sorted((Path(args.data) / "monuseg-train/images").glob("*.png"))[:n]
+    if not args.crop:
+        return tiles
+    from nucseg.io.images import read_image, write_image
+
+    crops = []
+    for path in tiles:
+        crops.append(Path(tmp) / "crops" / path.name)
+        write_image(crops[-1], read_image(path)[: args.crop, : args.crop])
+    return crops
 
 
 def worker(args) -> None:
@@ -37,10 +54,9 @@ def worker(args) -> None:
     method, model, cfg = build_from_checkpoint(_model_path(args.model))
     model = model.to(memory_format=torch.channels_last)
     predictor = Predictor.for_run(method, model, cfg, torch.device("cpu"), args.precision)
-    tiles = sorted((Path(args.data) / "monuseg-train/images").glob("*.png"))[: args.tiles + 1]
     times, stages = [], []
     with tempfile.TemporaryDirectory() as out:
-        for path in tiles:
+        for path in _tiles(args, args.tiles + 1, out):
             t0 = time.perf_counter()
             image = read_image(path)
             t1 = time.perf_counter()
@@ -63,10 +79,10 @@ def pipeline_worker(args) -> None:
 
     from nucseg.engine.segment import segment_files
 
-    tiles = sorted((Path(args.data) / "monuseg-train/images").glob("*.png"))[: args.pipeline_tiles]
     with tempfile.TemporaryDirectory() as out:
+        tiles = _tiles(args, args.pipeline_tiles, out)
         t0 = time.perf_counter()
-        report = segment_files([str(t) for t in tiles], out, args.model, threads=args.threads,
+        report = segment_files([str(t) for t in tiles], str(Path(out) / "out"), args.model, threads=args.threads,
                                precision=args.precision, progress=False)
         seconds = time.perf_counter() - t0
     assert not report.failed, report.failed
@@ -89,9 +105,11 @@ def train_worker(args) -> None:
     model_cfg = dict(cfg.model)
     model_cfg.pop("encoder_weights", None)
     method = get_method(cfg.method)(model_cfg)
-    model = method.build_model().to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    model = method.build_model().to(memory_format=torch.channels_last)
+    optimizers = {k: torch.optim.AdamW(v, 1e-3) for k, v in method.optimizer_groups(model).items()}
     import numpy as np
+
+    from nucseg.engine.train import enter_stage
 
     from nucseg.data.synthetic import synthetic_sample
 
@@ -102,21 +120,25 @@ def train_worker(args) -> None:
 
     x = normalize(torch.from_numpy(np.stack([s.image.transpose(2, 0, 1) for s in samples])))
     x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for _ in range(args.train_steps + 1):
-        t0 = time.perf_counter()
-        loss = method.loss(model(x), batch)["total"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    print(json.dumps({"step_seconds": sorted(times[1:])[len(times[1:]) // 2], "batch": cfg.train.batch_size}))
+    per_stage = {}
+    for stage in method.stages():  # as the engine steps them (a GAN: generator, then discriminator)
+        enter_stage(model, optimizers, stage)
+        times = []
+        for _ in range(args.train_steps + 1):
+            t0 = time.perf_counter()
+            for name, losses in method.training_step(model, x, batch, stage.name):
+                optimizers[name].zero_grad()
+                losses["total"].backward()
+                optimizers[name].step()
+            times.append(time.perf_counter() - t0)
+        per_stage[stage.name] = sorted(times[1:])[len(times[1:]) // 2]
+    print(json.dumps({"step_seconds": per_stage, "batch": cfg.train.batch_size}))
 
 
 def run(mode: str, args) -> dict:
     cmd = [sys.executable, __file__, mode, "--model", args.model, "--threads", str(args.threads),
            "--tiles", str(args.tiles), "--pipeline-tiles", str(args.pipeline_tiles), "--data", args.data,
-           "--train-steps", str(args.train_steps), "--precision", args.precision]
+           "--train-steps", str(args.train_steps), "--precision", args.precision, "--crop", str(args.crop)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -138,6 +160,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--crop", type=int, default=0)
     args = ap.parse_args()
     if args.mode == "segment-worker":
         return worker(args)
@@ -147,7 +170,8 @@ def main() -> None:
         return pipeline_worker(args)
     seg = run("segment-worker", args)
     read, predict, post, write = seg["stages"]
-    print(f"model {args.model}, {args.threads} threads, 1000x1000 H&E tiles (MoNuSeg), median of {seg['n']}:")
+    size = f"{args.crop}x{args.crop}" if args.crop else "1000x1000"
+    print(f"model {args.model}, {args.threads} threads, {size} H&E tiles (MoNuSeg), median of {seg['n']}:")
     print(f"  end to end {seg['seconds']:.2f} s per tile (read {read:.2f}, predict {predict:.2f}, "
           f"post-process {post:.2f}, write labels+overlay+geojson+csv {write:.2f}); peak memory {seg['peak_mb']:.0f} MB")
     pipe = run("pipeline-worker", args)
@@ -155,7 +179,8 @@ def main() -> None:
           f"{pipe['seconds_per_tile']:.2f} s per tile")
     if args.train_steps:
         tr = run("train-worker", args)
-        print(f"  training: {tr['step_seconds']:.2f} s per step of {tr['batch']}x256x256 (forward, backward, AdamW)")
+        for stage, seconds in tr["step_seconds"].items():
+            print(f"  training ({stage}): {seconds:.2f} s per step of {tr['batch']}x256x256 (forward, backward, AdamW)")
 
 
 if __name__ == "__main__":
