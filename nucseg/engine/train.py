@@ -180,7 +180,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
     plan = stage_plan(method, cfg)
     cfg.train.steps = plan[-1][2]
-    groups = method.optimizer_groups(model)
+    groups = {name: list(params) for name, params in method.optimizer_groups(model).items()}
     if unknown := set(cfg.optim.lr_per_optimizer) - set(groups):
         raise ValueError(f"optim.lr_per_optimizer names {sorted(unknown)}: method '{cfg.method}' has the optimisers "
                          f"{sorted(groups)}")
@@ -263,8 +263,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                               cfg.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_(groups[name], cfg.train.grad_clip)
             optimizer.step()
             # one optimiser: its terms as they are; several: prefixed by the optimiser's name
             logged.update(losses if len(optimizers) == 1 else {f"{name}/{k}": v for k, v in losses.items()})

@@ -88,7 +88,8 @@ class ResBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """Grey image in [-1, 1] -> enhanced grey image in [-1, 1] (tanh), same size (a multiple of 2^downsamplings)."""
+    """Grey image in [-1, 1] -> enhanced grey image in [-1, 1] (tanh) of the same size (reflection-padded inside to
+    a multiple of 2^downsamplings)."""
 
     def __init__(self, channels: int = 64, blocks: int = 9, downsamplings: int = 2, cbam: bool = True,
                  in_channels: int = 1, out_channels: int = 1):
