@@ -109,9 +109,8 @@ def train_worker(args) -> None:
     optimizers = {k: torch.optim.AdamW(v, 1e-3) for k, v in method.optimizer_groups(model).items()}
     import numpy as np
 
-    from nucseg.engine.train import enter_stage
-
     from nucseg.data.synthetic import synthetic_sample
+    from nucseg.engine.train import enter_stage
 
     samples = [synthetic_sample(256, 40, seed=i) for i in range(cfg.train.batch_size)]
     targets = [method.targets(s.instances) for s in samples]
