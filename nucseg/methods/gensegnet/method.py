@@ -56,7 +56,7 @@ class GeNSegConfig:
     # grey input (Sec. 3.4)
     modality: str = "auto"  # auto (per image: dark background = fluorescence) | fluorescence | brightfield
     brightfield_channel: str = "haematoxylin"  # haematoxylin (colour deconvolution) | optical_density
-    haematoxylin_scale: float = 2.0  # optical density mapped to 1 (nuclei of our H&E sets: 0.3-2.9)
+    haematoxylin_scale: float = 2.0  # optical density mapped to 1 (median over nuclei in our H&E sets: 0.25-1.94)
     # ideal-nucleus targets (Sec. 3.1; nucseg.targets.ideal)
     edge_width: int = 4  # the coarse edge class: 2 px inside and 2 px outside every outline
     centre_level: float = 1.0
