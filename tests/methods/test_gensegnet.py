@@ -135,6 +135,8 @@ def test_grey_input_modalities():
         assert g[s.instances > 0].mean() > g[s.instances == 0].mean() + 0.1  # nuclei bright in both
     with pytest.raises(ValueError, match="modality"):
         GreyInput((0, 0, 0), (1, 1, 1), modality="xray")
+    with pytest.raises(ValueError, match="modality"):  # a config typo fails when the config is read
+        get_method("gensegnet")(**TINY, modality="xray")
 
 
 def test_segment_stage_freezes_the_generator_in_eval_mode():

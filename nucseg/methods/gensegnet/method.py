@@ -109,6 +109,10 @@ class GeNSegMethod(Method):
             raise ValueError(f"generator must be rescbam, resnet or none, got '{c.generator}'")
         if c.discriminator not in ("transformer", "patchgan"):
             raise ValueError(f"discriminator must be transformer or patchgan, got '{c.discriminator}'")
+        if c.modality not in ("auto", "fluorescence", "brightfield"):
+            raise ValueError(f"modality must be auto, fluorescence or brightfield, got '{c.modality}'")
+        if c.brightfield_channel not in ("haematoxylin", "optical_density"):
+            raise ValueError(f"brightfield_channel must be haematoxylin or optical_density, got '{c.brightfield_channel}'")
         if c.segmenter_input not in ("ideal", "enhanced"):
             raise ValueError(f"segmenter_input must be ideal or enhanced, got '{c.segmenter_input}'")
 
