@@ -68,12 +68,14 @@ class _StepSampler(torch.utils.data.Sampler):
 
 def stage_plan(method, cfg: RunConfig) -> list[tuple[Stage, int, int]]:
     """(stage, first step, end step) for each of the method's stages, in order; a one-stage method runs
-    `train.steps`, a staged one `train.stage_steps` of each stage."""
+    `train.steps`, a staged one `train.stage_steps` of each stage. A stage the method lacks may be given 0 steps,
+    so that an ablation turning a stage off (GeNSeg-Net without its generator) runs from the full config with
+    `--set train.stage_steps.enhance=0`: OmegaConf overrides merge into the config's mapping, they cannot drop a key."""
     stages = method.stages()
     if len(stages) == 1 and not cfg.train.stage_steps:
         return [(stages[0], 0, cfg.train.steps)]
     names = [s.name for s in stages]
-    given = dict(cfg.train.stage_steps)
+    given = {name: steps for name, steps in dict(cfg.train.stage_steps).items() if name in names or int(steps) != 0}
     if set(given) != set(names):
         raise ValueError(f"train.stage_steps must give the steps of each stage of method '{cfg.method}': {names} "
                          f"(got {sorted(given) or 'none'})")

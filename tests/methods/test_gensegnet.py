@@ -189,6 +189,21 @@ def test_staged_training_resumes_across_stages_and_checks_its_config(tmp_path):
         train(cfg("optim.lr_per_optimizer={critic: 0.1}"), tmp_path / "bad2", progress=False)
 
 
+def test_a_stage_the_method_lacks_may_be_given_zero_steps():
+    from pathlib import Path
+
+    from nucseg.engine.config import load_config
+    from nucseg.engine.train import stage_plan
+
+    smoke = Path(__file__).resolve().parents[2] / "configs/gensegnet/smoke.yaml"
+    seg_only = load_config(smoke, ["model.generator=none", "train.stage_steps.enhance=0"])
+    method = get_method("gensegnet")(seg_only.model)
+    assert [(s.name, a, b) for s, a, b in stage_plan(method, seg_only)] == [
+        ("segment", 0, seg_only.train.stage_steps["segment"])]
+    with pytest.raises(ValueError, match="stage_steps must give the steps of each stage"):
+        stage_plan(method, load_config(smoke, ["model.generator=none"]))  # 'enhance' still has steps
+
+
 def test_smoke_run_lowers_both_stages_losses(tmp_path):
     from pathlib import Path
 
