@@ -183,9 +183,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     plan = stage_plan(method, cfg)
     cfg.train.steps = plan[-1][2]
     groups = {name: list(params) for name, params in method.optimizer_groups(model).items()}
-    if unknown := set(cfg.optim.lr_per_optimizer) - set(groups):
+    if unknown := set(cfg.optim.lr_per_optimizer) - set(groups) - set(method.optimizer_names):
         raise ValueError(f"optim.lr_per_optimizer names {sorted(unknown)}: method '{cfg.method}' has the optimisers "
-                         f"{sorted(groups)}")
+                         f"{sorted(set(groups) | set(method.optimizer_names))}")
     base_lr = {name: cfg.optim.lr_per_optimizer.get(name, cfg.optim.lr) for name in groups}
     optimizers = {name: opt_cls(params, lr=base_lr[name], weight_decay=cfg.optim.weight_decay)
                   for name, params in groups.items()}

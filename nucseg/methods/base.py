@@ -80,6 +80,10 @@ class Method:
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # Every optimiser name any configuration of the method can have (GeNSeg-Net without its generator has only the
+    # segmenter's): `optim.lr_per_optimizer` may name these even when switched off, other names are errors (typos).
+    optimizer_names: tuple[str, ...] = ("model",)
+
     def optimizer_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
         """Named parameter groups, one optimiser each (its learning rate: `optim.lr_per_optimizer[name]`, else
         `optim.lr`). Parameters in no group are not trained."""

@@ -63,3 +63,32 @@ def test_frgnet_and_the_fourier_guide_by_name(name, shared_data, tmp_path):
     assert not report.failed and report.rows[0]["model"] == name
     labels = read_label(tmp_path / "out/labels/crop.png")
     assert report.rows[0]["nuclei"] > 20 and aji(truth, labels) > 0.25
+
+
+def test_gensegnet_by_name_and_through_segment_slide(shared_data, tmp_path):
+    """The shipped GeNSeg-Net segments a real fluorescence image by name, and a slide of it equals flat `segment`."""
+    from nucseg.engine.infer import Predictor
+    from nucseg.engine.slide import segment_slides
+    from nucseg.io.images import read_image, read_label
+    from nucseg.io.slides import write_pyramid_tiff
+    from nucseg.metrics import aji
+
+    name = sorted((shared_data / "dsb2018-train/images").glob("*.png"))[0].name
+    image = read_image(shared_data / "dsb2018-train/images" / name)
+    image = np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] < 3 else image[..., :3]
+    truth = read_label(shared_data / "dsb2018-train/labels" / name)
+    write_image(tmp_path / "in" / name, image)
+    report = segment_files([str(tmp_path / "in")], tmp_path / "out", model="gensegnet", progress=False,
+                           runtime="torch", outputs=("labels",))
+    assert not report.failed and report.rows[0]["model"] == "gensegnet"
+    assert aji(truth, read_label(tmp_path / "out/labels" / name)) > 0.5
+
+    import zarr
+
+    path = write_pyramid_tiff(tmp_path / "slide.tif", image, mpp=None, min_size=10_000)
+    segment_slides([str(path)], tmp_path / "slide", str(resolve_model("gensegnet")), tile=128, margin=32,
+                   use_tissue=False, progress=False, post_workers=0, runtime="torch")
+    labels = zarr.open_group(str(tmp_path / "slide/slide/labels.zarr"), mode="r")["0"][:]
+    flat = Predictor.from_checkpoint(resolve_model("gensegnet"), runtime="torch").segment_tiles(image, 128, 32).labels
+    assert flat.max() > 5
+    np.testing.assert_array_equal(labels, flat)

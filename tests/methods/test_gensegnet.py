@@ -204,6 +204,24 @@ def test_a_stage_the_method_lacks_may_be_given_zero_steps():
         stage_plan(method, load_config(smoke, ["model.generator=none"]))  # 'enhance' still has steps
 
 
+
+def test_seg_only_trains_from_the_full_config_and_typos_in_learning_rates_are_errors(tmp_path):
+    """`model.generator=none` keeps the config's generator/discriminator learning rates (switched off, not typos)."""
+    from pathlib import Path
+
+    from nucseg.engine.config import load_config
+    from nucseg.engine.train import train
+
+    smoke = Path(__file__).resolve().parents[2] / "configs/gensegnet/smoke.yaml"
+    base = ["train.val_every=0", "train.stage_steps={enhance: 0, segment: 2}", "model.generator=none",
+            "optim.lr_per_optimizer={generator: 0.1, discriminator: 0.1}"]
+    train(load_config(smoke, base), tmp_path / "segonly", progress=False)
+    ckpt = torch.load(tmp_path / "segonly/last.ckpt", weights_only=True)
+    assert ckpt["step"] == 2 and set(ckpt["optimizers"]) == {"segmenter"}
+    with pytest.raises(ValueError, match="lr_per_optimizer names.*'critic'"):
+        train(load_config(smoke, [*base, "optim.lr_per_optimizer.critic=0.1"]), tmp_path / "bad", progress=False)
+
+
 def test_smoke_run_lowers_both_stages_losses(tmp_path):
     from pathlib import Path
 

@@ -146,6 +146,8 @@ class GeNSegMethod(Method):
             return [segment]
         return [Stage("enhance", ("generator", "discriminator"), validate=False), segment]
 
+    optimizer_names = ("generator", "discriminator", "segmenter")
+
     def optimizer_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
         groups = {"segmenter": list(model.segmenter.parameters())}
         if self.enhances:
