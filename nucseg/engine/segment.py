@@ -17,7 +17,7 @@ from nucseg.structures import Instances
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 # models shipped in the package, by name: `nucseg segment --model NAME` (see nucseg/weights/MODEL_CARD.md)
 SHIPPED = {"he": "default.pt", "fluo": "fluo.pt", "weaveseg": "weaveseg.pt", "fourier-guide": "fourier-guide.pt",
-           "frgnet": "frgnet.pt"}
+           "frgnet": "frgnet.pt", "gensegnet": "gensegnet.pt"}
 DEFAULT_MODEL = WEIGHTS / SHIPPED["he"]
 AUTO = "auto"  # one shipped model per modality, chosen per image (`detect_modality`), as StarDist ships two
 
