@@ -14,9 +14,11 @@ from nucseg.engine.config import RunConfig, config_from_yaml, config_to_yaml
 from nucseg.io.images import atomic_path
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, fp16: bool = False, **state) -> Path:
-    """`fp16` stores floating-point weights at half precision (half the file; loading casts them back to fp32)."""
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, fp16: bool = False,
+                    leave_out: tuple[str, ...] = (), **state) -> Path:
+    """`fp16` stores floating-point weights at half precision (half the file; loading casts them back to fp32);
+    `leave_out` names top-level parts of the model not to store (the method's `training_only`, on export)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items() if k.split(".", 1)[0] not in leave_out}
     if fp16:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     payload = {
@@ -88,6 +90,10 @@ def build_from_checkpoint(path: str | Path, ckpt: dict | None = None):
     method, cfg = method_from_checkpoint(path, ckpt)
     model = method.build_model()
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    model.load_state_dict(state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k.split(".", 1)[0] not in method.training_only]  # exported without them
+    if missing or unexpected:
+        raise ValueError(f"{ckpt.get('path', path)}: the weights do not fit method '{cfg.method}' as configured "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.eval()
     return method, model, cfg

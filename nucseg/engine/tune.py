@@ -93,4 +93,4 @@ def export_checkpoint(src: str | Path, dst: str | Path, overrides: list[str] | N
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)))
     ckpt = load_checkpoint(src)
     extra = {k: ckpt[k] for k in ("step", "scores", "tuning") if k in ckpt}
-    return save_checkpoint(dst, model, cfg, fp16=fp16, **extra)
+    return save_checkpoint(dst, model, cfg, fp16=fp16, leave_out=method.training_only, **extra)

@@ -80,6 +80,9 @@ class Method:
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # Top-level parts of the model only training uses (a GAN's discriminator): `nucseg export` leaves them out of the
+    # deployable file, and loading a file without them is not an error.
+    training_only: tuple[str, ...] = ()
     # Every optimiser name any configuration of the method can have (GeNSeg-Net without its generator has only the
     # segmenter's): `optim.lr_per_optimizer` may name these even when switched off, other names are errors (typos).
     optimizer_names: tuple[str, ...] = ("model",)

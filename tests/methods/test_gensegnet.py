@@ -236,3 +236,27 @@ def test_smoke_run_lowers_both_stages_losses(tmp_path):
     seg = [float(r["segmenter/total"]) for r in rows if r["stage"] == "segment"]
     assert np.mean(l1[-5:]) < 0.7 * np.mean(l1[:3])
     assert np.mean(seg[-5:]) < 0.85 * np.mean(seg[:3])
+
+
+def test_export_leaves_the_discriminator_out_and_loads_back(tmp_path):
+    from nucseg.engine.checkpoints import build_from_checkpoint, save_checkpoint
+    from nucseg.engine.config import load_config
+    from nucseg.engine.tune import export_checkpoint
+
+    cfg = load_config(None, ["method=gensegnet"])
+    cfg.model = dict(TINY)
+    method = get_method("gensegnet")(cfg.model)
+    model = method.build_model().eval()
+    save_checkpoint(tmp_path / "run.ckpt", model, cfg)
+    export_checkpoint(tmp_path / "run.ckpt", tmp_path / "deploy.pt")
+    stored = torch.load(tmp_path / "deploy.pt", weights_only=True)["model"]
+    assert stored and not any(k.startswith("discriminator.") for k in stored)
+    _, loaded, _ = build_from_checkpoint(tmp_path / "deploy.pt")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["logits"], model(x)["logits"])
+    del stored["segmenter." + next(k.split(".", 1)[1] for k in stored if k.startswith("segmenter."))]
+    torch.save({"model": stored, "config": torch.load(tmp_path / "deploy.pt", weights_only=True)["config"]},
+               tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match=r"broken.pt: the weights do not fit method 'gensegnet'.*missing \['segmenter"):
+        build_from_checkpoint(tmp_path / "broken.pt")

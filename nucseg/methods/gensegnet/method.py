@@ -147,6 +147,7 @@ class GeNSegMethod(Method):
         return [Stage("enhance", ("generator", "discriminator"), validate=False), segment]
 
     optimizer_names = ("generator", "discriminator", "segmenter")
+    training_only = ("discriminator",)
 
     def optimizer_groups(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
         groups = {"segmenter": list(model.segmenter.parameters())}
