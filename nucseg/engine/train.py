@@ -121,6 +121,21 @@ def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict
     return out
 
 
+def _drop_rows_after(path: Path, step: int) -> float:
+    """On resume: drop the rows a killed run logged after its last checkpoint (the resumed run logs those steps
+    again). Returns the last kept row's `seconds` (0 if none), so a resumed run's clock goes on from there."""
+    if not path.exists():
+        return 0.0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) <= step]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return float(rows[-1].get("seconds") or 0.0) if rows else 0.0
+
+
 def _append_csv(path: Path, row: dict) -> None:
     """Append a row; a row with new columns (the next stage's losses) rewrites the file with the wider header."""
     fields = []
@@ -235,7 +250,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train {cfg.method}", dynamic_ncols=True)
-    step, t0 = start_step, time.time()
+    elapsed = 0.0
+    if start_step and rank == 0:
+        elapsed = _drop_rows_after(out_dir / "train.csv", start_step)
+        _drop_rows_after(out_dir / "val.csv", start_step)
+    step, t0 = start_step, time.time() - elapsed
     last_scores: dict = {}
     stage = None
     for batch in loader:

@@ -41,8 +41,14 @@ def test_resume_continues_where_it_stopped(synthetic_set, tmp_path):
     train(cfg, tmp_path / "full", progress=False)
     cfg_half = smoke_cfg(synthetic_set, "train.steps=3", "train.val_every=0", "train.log_every=1")
     train(cfg_half, tmp_path / "half", progress=False)
+    log = tmp_path / "half/train.csv"
+    rows = log.read_text().splitlines()
+    # a run killed after its last checkpoint (step 3) had logged steps 4 and 5: the resumed run logs them again
+    log.write_text("\n".join([*rows, rows[-1].replace("3,", "4,", 1), rows[-1].replace("3,", "5,", 1)]) + "\n")
     train(cfg, tmp_path / "half", resume=True, progress=False)
     assert torch.load(tmp_path / "half/last.ckpt", weights_only=True)["step"] == 6
+    steps = [int(line.split(",")[0]) for line in log.read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
     assert np.allclose(losses(tmp_path / "full"), losses(tmp_path / "half"), rtol=1e-4)
 
 
