@@ -4,8 +4,8 @@ the ground truth (what a perfect generator would give), and the generator's L1 d
 
     python benchmarks/gensegnet_ideal_input.py RUN_DIR|CKPT [...] [--data-from CONFIG] [--threads N]
 
-A U-Net trained on ideal images (`segmenter_input: ideal`, the paper) scores near 1 on them, so the gap between the
-two rows is the price of the generator's mistakes; docs/gensegnet.md uses it to choose `segmenter_input`.
+For a U-Net trained on ideal images (`segmenter_input: ideal`, the paper) the gap between the two rows is the price
+of the generator's mistakes; docs/gensegnet.md uses it to choose `segmenter_input`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def evaluate(run: str, data_from: str | None) -> None:
         image = np.repeat(s.image[..., :1], 3, -1) if s.image.shape[-1] == 1 else s.image[..., :3]
         x = torch.from_numpy(np.pad(image, (*pad, (0, 0)), mode="reflect")).permute(2, 0, 1)[None]
         enhanced = model.enhance(normalize(x))
-        l1.append(float(F.l1_loss(enhanced, ideal)))
+        l1.append(float(F.l1_loss(enhanced[..., :h, :w], ideal[..., :h, :w])))
     for name, rows, loss in (("generator output (pipeline)", pipeline, f"{np.mean(l1):.3f}"),
                              ("ideal image from the truth", ideal_input, "—")):
         means = [np.nanmean([r[k] for r in rows]) for k in COLUMNS]
