@@ -204,7 +204,6 @@ def test_a_stage_the_method_lacks_may_be_given_zero_steps():
         stage_plan(method, load_config(smoke, ["model.generator=none"]))  # 'enhance' still has steps
 
 
-
 def test_seg_only_trains_from_the_full_config_and_typos_in_learning_rates_are_errors(tmp_path):
     """`model.generator=none` keeps the config's generator/discriminator learning rates (switched off, not typos)."""
     from pathlib import Path
@@ -255,7 +254,7 @@ def test_export_leaves_the_discriminator_out_and_loads_back(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x)["logits"], model(x)["logits"])
-    del stored["segmenter." + next(k.split(".", 1)[1] for k in stored if k.startswith("segmenter."))]
+    del stored[next(k for k in stored if k.startswith("segmenter."))]
     torch.save({"model": stored, "config": torch.load(tmp_path / "deploy.pt", weights_only=True)["config"]},
                tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=r"broken.pt: the weights do not fit method 'gensegnet'.*missing \['segmenter"):
