@@ -65,6 +65,9 @@ class DataConfig:
     stain_norm: str | None = None  # None | macenko | reinhard | vahadane (needs a reference image)
     stain_reference: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # a finite pool of training patches: draw i is draw i mod `patch_pool` (same crop, same augmentation), so a frozen
+    # encoder's embeddings can be cached and reused (SAM on a CPU); None: every draw is new
+    patch_pool: int | None = None
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -223,7 +226,8 @@ class PatchDataset:
         return image[r : r + size, c : c + size], labels[r : r + size, c : c + size]
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, int(index)])
+        draw = int(index) % self.cfg.patch_pool if self.cfg.patch_pool else int(index)
+        rng = np.random.default_rng([self.seed, draw])
         ds = self.sets[rng.choice(len(self.sets), p=self.set_weights)]
         sample = ds.samples[rng.choice(len(ds.samples), p=ds.image_weights)]
         m, p = self.cfg.target_margin, self.cfg.patch_size

@@ -80,7 +80,9 @@ def method_from_checkpoint(path: str | Path, ckpt: dict | None = None):
     cfg = config_from_yaml(ckpt["config"])
     model_cfg = dict(cfg.model) if isinstance(cfg.model, dict) else cfg.model
     if isinstance(model_cfg, dict):
-        model_cfg.pop("encoder_weights", None)  # the checkpoint holds the trained weights
+        for key in model_cfg:  # the checkpoint holds the trained weights: never read the files they came from
+            if key.endswith("_weights") or key.endswith("_cache"):
+                model_cfg[key] = None
     return get_method(cfg.method)(model_cfg), cfg
 
 

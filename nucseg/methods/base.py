@@ -31,7 +31,8 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet", "nucseg.methods.gensegnet")
+_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet", "nucseg.methods.gensegnet",
+           "nucseg.methods.sam_eunet3p")
 
 
 @dataclass(frozen=True)

