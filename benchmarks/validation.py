@@ -1,5 +1,5 @@
 """Scores of a trained run on its own validation split (never a test set), per set and over all images:
-AJI, AJI+, DQ, SQ, PQ, Dice, detection F1 (centroids within 12 px), Hausdorff; and inference seconds per image.
+AJI, AJI+, DQ, SQ, PQ, Dice, mIoU (background and nucleus), detection F1 (centroids within 12 px), Hausdorff; and inference seconds per image.
 
     python benchmarks/validation.py RUN_DIR|CKPT [RUN_DIR|CKPT ...] [--precision fp32|bf16] [--tta] [--max-images N]
         [--data-from CONFIG]
@@ -22,7 +22,7 @@ from nucseg.engine.device import configure_malloc
 from nucseg.engine.infer import Predictor
 from nucseg.metrics import instance_scores
 
-COLUMNS = ("aji", "aji_plus", "dq", "sq", "pq", "dice", "f1_det", "hausdorff")
+COLUMNS = ("aji", "aji_plus", "dq", "sq", "pq", "dice", "miou", "f1_det", "hausdorff")
 
 
 def main() -> None:

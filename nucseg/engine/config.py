@@ -90,6 +90,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # `???` in a config: a value only the user can give (a path to their weights)
+        sets = " ".join(f"--set {k}=..." for k in missing)
+        raise ValueError(f"{path or 'config'}: {', '.join(missing)} must be given ({sets})")
     run: RunConfig = OmegaConf.to_object(cfg)
     # validate the method's options now, so a typo fails before training starts
     from nucseg.methods import get_method

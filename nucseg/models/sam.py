@@ -212,16 +212,21 @@ class SamBackbone(nn.Module):
         return {"embedding": _stitch(emb, n, rows, cols, h, w, k),
                 "levels": [_stitch(lv, n, rows, cols, h, w, k) for lv in levels]}
 
-    def decode_points(self, embedding: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mask per prompt from one chunk's embedding (1×C×h×w): `points` P×K×2 (x, y) in chunk pixels, `labels`
-        P×K (1 foreground, 0 background; all 1 if None). Returns (mask logits P×1×chunk×chunk, predicted IoU P×1)."""
+    def decode_prompts(self, embedding: torch.Tensor, points: torch.Tensor | None = None,
+                       labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask per prompt from one chunk's embedding (1×C×h×w), prompts in chunk pixels: `points` P×K×2 (x, y)
+        with `labels` P×K (1 foreground, 0 background; all 1 if None), and/or `boxes` P×4 (x0, y0, x1, y1).
+        Returns (mask logits P×1×chunk×chunk, predicted IoU P×1)."""
         if not hasattr(self, "mask_decoder"):
             raise ValueError("this SAM backbone was built without prompt_parts")
         scale = self.input_size / self.chunk
-        coords = points.float() * scale
-        labels = torch.ones(points.shape[:2], device=points.device) if labels is None else labels.float()
-        sparse, dense = self.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        prompt = None
+        if points is not None:
+            labels = torch.ones(points.shape[:2], device=points.device) if labels is None else labels.float()
+            prompt = (points.float() * scale, labels)
+        sparse, dense = self.prompt_encoder(points=prompt, boxes=None if boxes is None else boxes.float() * scale,
+                                            masks=None)
         low, iou = self.mask_decoder(image_embeddings=embedding, image_pe=self.prompt_encoder.get_dense_pe(),
                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                      multimask_output=False)

@@ -106,3 +106,13 @@ def test_smoke_config_lowers_the_loss_and_segments(tmp_path, monkeypatch):
     assert last < 0.7 * first
     val = list(csv.DictReader(open(tmp_path / "run" / "val.csv")))
     assert float(val[-1]["aji"]) > 0.3
+
+
+def test_paper_config_asks_for_the_official_weights_by_name():
+    from nucseg.engine.config import load_config
+
+    paper = SMOKE.with_name("paper.yaml")
+    with pytest.raises(ValueError, match=r"paper.yaml: model.sam_weights must be given"):
+        load_config(paper)
+    cfg = load_config(paper, ["model.sam_weights=/data/sam_vit_b_01ec64.pth"])
+    assert cfg.model["sam"] == "vit_b" and cfg.optim.lr == 1e-4 and cfg.model["dropout"] == 0.3
