@@ -89,11 +89,6 @@ class SamEUNet3pMethod(UNetMethod):
         sides = [self._mask_loss(v.float(), target, valid, labelled) for k, v in outputs.items() if k.startswith("side")]
         deep = torch.stack([c.weight_focal * f + c.weight_dice * d for f, d in sides]).mean() if sides \
             else focal * 0.0
-        if labelled.any():
-            w = None if valid is None else valid[labelled]
-            err = (torch.sigmoid(outputs["distance"][labelled].float()) - batch["distance"][labelled]) ** 2
-            dist = err.mean() if w is None else (err[:, 0] * w).sum() / w.sum().clamp(min=1)
-        else:
-            dist = focal * 0.0
+        dist = self.distance_loss(outputs, batch, labelled)
         total = c.weight_focal * focal + c.weight_dice * dice + c.weight_deep * deep + c.weight_distance * dist
         return {"total": total, "focal": focal, "dice": dice, "deep": deep, "distance": dist}

@@ -82,12 +82,22 @@ class UNetMethod(Method):
         if labelled.any():
             w = None if valid is None else valid[labelled]
             dice = soft_dice_loss(logits[labelled].softmax(1), target[labelled], classes=(1, 2), weight=w)
-            err = (torch.sigmoid(outputs["distance"][labelled].float()) - batch["distance"][labelled]) ** 2
-            dist = err.mean() if w is None else (err[:, 0] * w).sum() / w.sum().clamp(min=1)
         else:
-            dice = dist = logits.sum() * 0.0
+            dice = logits.sum() * 0.0
+        dist = self.distance_loss(outputs, batch, labelled)
         total = c.weight_ce * ce + c.weight_dice * dice + c.weight_distance * dist
         return {"total": total, "ce": ce, "dice": dice, "distance": dist}
+
+    @staticmethod
+    def distance_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                      labelled: torch.Tensor) -> torch.Tensor:
+        """MSE of the sigmoid distance map on fully labelled patches, without unannotated nuclei (batch["valid"])."""
+        if not labelled.any():
+            return outputs["distance"].sum() * 0.0
+        valid = batch.get("valid")
+        w = None if valid is None else valid[labelled]
+        err = (torch.sigmoid(outputs["distance"][labelled].float()) - batch["distance"][labelled]) ** 2
+        return err.mean() if w is None else (err[:, 0] * w).sum() / w.sum().clamp(min=1)
 
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model(images)
