@@ -5,9 +5,10 @@ gathers all five scales (shallower encoder maps max-pooled down, the same level'
 upsampled), each brought to `cat_channels` by a 3×3 conv, concatenated and fused by one more 3×3 conv; deep
 supervision puts a 3×3 side head on every decoder level and on the bottleneck. eU-Net3+ swaps every ReLU for a GLU.
 
-SAM fusion: the SAM embedding (stride 4) is pooled to the resolution of encoder level `fusion_level` (the bottleneck by
-default: 16× fewer tokens than the paper's unspecified choice could cost at stride 4, which matters on a CPU) and
-fused there by the EFB; the fused map replaces that encoder level for the decoder's full-scale connections.
+SAM fusion: the SAM embedding (stride 4) is average-pooled to the resolution of encoder level `fusion_level` (the
+bottleneck by default, where the EFB's attention is cheapest) and fused there by the EFB, whose attention runs within
+windows of one SAM chunk (256² image px); the fused map replaces that encoder level for the decoder's full-scale
+connections.
 """
 
 from __future__ import annotations
