@@ -107,13 +107,12 @@ class SamBackbone(nn.Module):
         super().__init__()
         sam = build_sam_parts(variant)
         self.variant = variant
-        self.weights = str(weights) if weights else None
         if weights:
             state = load_sam_state(weights)
             try:
                 sam.load_state_dict(state, strict=True)
             except RuntimeError as err:
-                path = litemedsam_weights_path() if self.weights == PACKAGED else weights
+                path = litemedsam_weights_path() if str(weights) == PACKAGED else weights
                 raise ValueError(f"{path}: weights do not fit SAM '{variant}': {str(err)[:600]}") from None
         self.image_encoder = sam.image_encoder
         if prompt_parts:
@@ -278,10 +277,6 @@ class EmbeddingCache:
             self._dir = self.root / f"{self.backbone.variant}-{self.backbone.fingerprint()}"
             self._dir.mkdir(parents=True, exist_ok=True)
         return self._dir
-
-    def invalidate(self) -> None:
-        """Forget the fingerprint (call after loading other weights into the encoder)."""
-        self._dir = None
 
     def key(self, x: torch.Tensor) -> str:
         return hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
