@@ -191,9 +191,10 @@ class PatchDataset:
     """Map-style dataset of `length` random patches; item i is a pure function of (seed, i)."""
 
     def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train",
-                 foreground_targets_fn=None, targets_use_image: bool = False):
+                 foreground_targets_fn=None, targets_use_image: bool = False, targets_use_classes: bool = False):
         self.cfg = data_cfg
         self.targets_use_image = targets_use_image
+        self.targets_use_classes = targets_use_classes
         normalizer = stain_normalizer(data_cfg)
         loaded = [(LoadedSet(s, data_cfg.root, data_cfg, split, normalizer), s.weight) for s in data_cfg.sets]
         loaded = [(ds, w) for ds, w in loaded if ds.samples]  # a set whose split is empty takes no share
@@ -236,8 +237,12 @@ class PatchDataset:
         unannotated = labels < 0
         labels = np.maximum(labels, 0)
         extra = {"image": image} if self.targets_use_image else {}
-        targets = (self.foreground_targets_fn(labels > 0, **extra) if ds.foreground_only
-                   else self.targets_fn(labels, **extra))
+        if ds.foreground_only:
+            targets = self.foreground_targets_fn(labels > 0, **extra)
+        else:
+            if self.targets_use_classes:  # augmentation keeps instance ids, so the sample's classes still apply
+                extra["classes"] = sample.classes
+            targets = self.targets_fn(labels, **extra)
         out = {k: v[..., m : m + p, m : m + p] for k, v in targets.items()}
         if self.cfg.keep_fraction < 1.0:
             from scipy import ndimage as ndi

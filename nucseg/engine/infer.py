@@ -42,6 +42,20 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def instance_maps(inst: Instances) -> dict[str, np.ndarray]:
+    """Instances as the maps a `blendable = False` method's `predict_dense` gives: "instance" (ids), "class" and
+    "score", each 1×H×W float32."""
+    ids = inst.labels
+    top = int(ids.max()) if ids.size else 0
+    classes = np.zeros(top + 1, np.float32)
+    scores = np.zeros(top + 1, np.float32)
+    for i, c in inst.classes.items():
+        classes[i] = c
+    for i, v in inst.scores.items():
+        scores[i] = v
+    return {"instance": ids[None].astype(np.float32), "class": classes[ids][None], "score": scores[ids][None]}
+
+
 @dataclass
 class Predictor:
     method: Method
@@ -65,7 +79,9 @@ class Predictor:
             return
         # the predictor owns placement: the model goes where the inputs will go (callers need not move it)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        if self.cfg.fold_batchnorm:
+        if not self.method.blendable:  # instance maps: per-prompt loops no fixed-graph export or fold follows
+            self.runtime = "torch"
+        if self.cfg.fold_batchnorm and self.method.blendable:
             from nucseg.models.fusion import fold_batchnorm
 
             example = torch.rand(1, self.channels, 64, 64, device=self.device)
@@ -108,7 +124,7 @@ class Predictor:
             cfg.infer.batch_size = batch_size
         cfg.infer.tta = tta
         precision = resolve_precision(precision or cfg.train.precision, device)
-        runtime = resolve_runtime(runtime or cfg.infer.runtime, device, precision)
+        runtime = resolve_runtime(runtime or cfg.infer.runtime, device, precision) if method.blendable else "torch"
         key = None
         if runtime == "openvino":
             key = checkpoint_key(path, cfg.infer.fold_batchnorm, cfg.data.channels)
@@ -133,7 +149,7 @@ class Predictor:
         x = normalize(torch.from_numpy(batch).to(self.device))
         if self._openvino is None:
             x = x.contiguous(memory_format=torch.channels_last)
-        flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta else [()]
+        flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta and self.method.blendable else [()]
         acc: dict[str, torch.Tensor] = {}
         with autocast(self.device, self.precision):
             for dims in flips:
@@ -149,9 +165,12 @@ class Predictor:
 
     def dense(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Blended dense maps {name: C×H×W float32} of a whole H×W×C image."""
-        image = self.prepare(image)
         h, w = image.shape[:2]
         win = self.cfg.window
+        if not self.method.blendable and (h > win or w > win):
+            # instance maps cannot be blended across windows: segment block by block, then give the maps
+            return instance_maps(self.segment(image))
+        image = self.prepare(image)
         if h <= win and w <= win:
             # one pass over the image padded to a multiple of 32 (the encoder's stride): no seams to blend
             ph, pw = -h % 32, -w % 32

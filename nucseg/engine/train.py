@@ -231,7 +231,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     total_samples = cfg.train.steps * cfg.train.batch_size * world
     dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed,
                            foreground_targets_fn=method.foreground_targets if method.trains_on_masks else None,
-                           targets_use_image=method.targets_use_image)
+                           targets_use_image=method.targets_use_image,
+                           targets_use_classes=method.targets_use_classes)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size,
                         sampler=_StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world),
                         num_workers=cfg.train.workers, persistent_workers=cfg.train.workers > 0)

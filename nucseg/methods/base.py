@@ -6,6 +6,7 @@
     foreground_targets(mask) -> dict  optional: the same keys from a nucleus mask alone (weak labels)
     loss(outputs, batch) -> dict      named terms; the engine backpropagates "total" and logs the rest
     postprocess(outputs) -> Instances numpy, per image or block; outputs are the model's dense maps as numpy
+                                      (or, for `blendable = False` methods, instance maps: ids, classes, scores)
 
 Training hooks, for methods that need more than one optimiser or phase (a GAN, a two-stage method); the engine keeps
 the one loop, the checkpoints, the schedules and the devices:
@@ -32,7 +33,7 @@ from nucseg.structures import Instances
 
 _METHODS: dict[str, type[Method]] = {}
 _BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet", "nucseg.methods.gensegnet",
-           "nucseg.methods.sam_eunet3p")
+           "nucseg.methods.sam_eunet3p", "nucseg.methods.cfr_sam")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ class Method:
     partial_labels: ClassVar[bool] = False
     # whether `targets` / `foreground_targets` take the (augmented) image too: `image=` (FrGNet's Fourier guide)
     targets_use_image: ClassVar[bool] = False
+    # whether `targets` takes the sample's nucleus classes, `classes=` {instance id: class} (None for a set without)
+    targets_use_classes: ClassVar[bool] = False
+    # whether the dense outputs are maps that overlapping windows and flip TTA may average (probabilities,
+    # distances); False for a method whose outputs are instance maps (ids, classes, scores: CFR-SAM's), which the
+    # engine runs once per block, unblended, never flipped, in PyTorch
+    blendable: ClassVar[bool] = True
 
     def __init__(self, config: Any = None, **overrides):
         base = OmegaConf.structured(self.config_class)

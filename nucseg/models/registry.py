@@ -14,7 +14,7 @@ import torch.nn as nn
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 _BUILTIN_METHOD_PACKAGES = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet",
-                            "nucseg.methods.gensegnet", "nucseg.methods.sam_eunet3p")
+                            "nucseg.methods.gensegnet", "nucseg.methods.sam_eunet3p", "nucseg.methods.cfr_sam")
 
 
 def register_model(name: str, description: str) -> Callable:

@@ -123,9 +123,31 @@ class SamBackbone(nn.Module):
         self.chunk = int(chunk)
         self.level_indices = tuple(int(i) for i in level_indices)
         self.frozen = False
+        self.adapted = False  # trainable adapters inside the frozen encoder (CFR-SAM): gradients flow, no cache
         self.cache = EmbeddingCache(cache_dir, self) if cache_dir else None
         if frozen:
             self.freeze()
+
+    def add_adapters(self, kind: str, rank: int = 64, kernel_sizes: tuple[int, ...] = (3, 5, 7)) -> list[nn.Module]:
+        """Attach a parameter-efficient adapter to every transformer block (`nucseg.models.adapters`); the encoder's
+        own weights stay as they are (frozen, in inference mode), the adapters train."""
+        from nucseg.models.adapters import add_adapters
+
+        added = add_adapters(self.image_encoder, kind, rank, kernel_sizes)
+        self.adapted = self.adapted or bool(added)
+        return added
+
+    def level_channels(self) -> list[int]:
+        """Channels of each level in `level_indices` (ViT blocks: the embedding width; TinyViT layers: the width
+        after the layer's downsampling)."""
+        enc = self.image_encoder
+        if self.variant != "litemedsam":
+            return [int(enc.blocks[i].attn.qkv.in_features) for i in self.level_indices]
+        out = []
+        for i in self.level_indices:
+            layer = enc.layers[i]
+            out.append(int(layer.downsample.out_dim if layer.downsample is not None else layer.dim))
+        return out
 
     # -- freezing -------------------------------------------------------------------------------------------------
     def freeze(self, parts: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")) -> None:
@@ -133,7 +155,8 @@ class SamBackbone(nn.Module):
         for name in parts:
             if hasattr(self, name):
                 getattr(self, name).requires_grad_(False)
-        self.frozen = not any(p.requires_grad for p in self.image_encoder.parameters())
+        self.frozen = not any(p.requires_grad for name, p in self.image_encoder.named_parameters()
+                              if not _is_adapter(name))
         self.train(self.training)
 
     def unfreeze(self, parts: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")) -> None:
@@ -192,7 +215,7 @@ class SamBackbone(nn.Module):
 
     def _encode_chunks(self, chunks: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self._encoder_input(chunks)
-        if self.cache is not None and self.frozen and not self.level_indices:
+        if self.cache is not None and self.frozen and not self.adapted and not self.level_indices:
             return self.cache.embeddings(x, lambda todo: self.encode(todo)[0]), []
         return self.encode(x)
 
@@ -206,7 +229,7 @@ class SamBackbone(nn.Module):
         # N×C×(r·k)×(c·k) -> (N·r·c)×C×k×k, one encoder pass per chunk, batched
         c = images.shape[1]
         chunks = images.reshape(n, c, rows, k, cols, k).permute(0, 2, 4, 1, 3, 5).reshape(n * rows * cols, c, k, k)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (self.adapted or not self.frozen)):
             emb, levels = self._encode_chunks(chunks)
         return {"embedding": _stitch(emb, n, rows, cols, h, w, k),
                 "levels": [_stitch(lv, n, rows, cols, h, w, k) for lv in levels]}
@@ -238,6 +261,10 @@ class SamBackbone(nn.Module):
             digest.update(name.encode())
             digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def _is_adapter(name: str) -> bool:
+    return ".adapter." in name or ".lora." in name
 
 
 def _tokens_to_map(x: torch.Tensor) -> torch.Tensor:
