@@ -68,6 +68,9 @@ class DataConfig:
     # a finite pool of training patches: draw i is draw i mod `patch_pool` (same crop, same augmentation), so a frozen
     # encoder's embeddings can be cached and reused (SAM on a CPU); None: every draw is new
     patch_pool: int | None = None
+    # {class id: name} of the nucleus types, for outputs (GeoJSON classification, CSV, the model card); merged over
+    # the sets' dataset.json "classes" at training start, values given here winning
+    class_names: dict[int, str] = field(default_factory=dict)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -253,6 +256,28 @@ class PatchDataset:
         out["labelled"] = np.float32(0.0 if ds.foreground_only else 1.0)
         out["image"] = np.ascontiguousarray(image[m : m + p, m : m + p].transpose(2, 0, 1))
         return out
+
+
+def resolve_class_names(data_cfg: DataConfig) -> dict[int, str]:
+    """The class names of a training config: `data.class_names`, then each set's dataset.json "classes" for the
+    ids not named yet (two sets naming one id differently is an error naming both files)."""
+    names = {int(k): str(v) for k, v in dict(data_cfg.class_names).items()}
+    given = set(names)
+    found: dict[int, tuple[str, Path]] = {}
+    for s in data_cfg.sets:
+        if s.synthetic is not None:
+            continue
+        src = Path(s.path) if Path(s.path).is_absolute() else Path(data_cfg.root) / s.path
+        for k, v in (dataset_info(src).get("classes") or {}).items():
+            k = int(k)
+            if k in given:
+                continue
+            if k in found and found[k][0] != v:
+                raise ValueError(f"class {k} is '{found[k][0]}' in {found[k][1] / 'dataset.json'} and '{v}' in "
+                                 f"{src / 'dataset.json'}: name it in data.class_names")
+            found[k] = (str(v), src)
+    names.update({k: v for k, (v, _) in found.items()})
+    return dict(sorted(names.items()))
 
 
 def validation_samples(data_cfg: DataConfig) -> dict[str, list[Sample]]:

@@ -3,7 +3,7 @@ with margins for large images (an instance is kept by the block whose core holds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class Predictor:
     runtime: str = "torch"  # torch | openvino | auto (see nucseg.engine.runtime); for_run takes infer.runtime
     runtime_key: str | None = None  # cache key of the OpenVINO export (default: a hash of the weights)
     prebuilt: object | None = None  # a compiled OpenVINODense from the cache: then `model` may be None
+    class_names: dict[int, str] = field(default_factory=dict)  # the training sets' nucleus classes, for outputs
 
     def __post_init__(self) -> None:
         from nucseg.engine.runtime import openvino_or_none, resolve_runtime
@@ -105,7 +106,8 @@ class Predictor:
         device = device or default_device()
         precision = resolve_precision(precision or cfg.train.precision, device)
         return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data),
-                   runtime or cfg.infer.runtime, runtime_key, prebuilt)
+                   runtime or cfg.infer.runtime, runtime_key, prebuilt,
+                   {int(k): str(v) for k, v in dict(cfg.data.class_names).items()})
 
     @classmethod
     def from_checkpoint(cls, path, device: torch.device | None = None, precision: str | None = None,

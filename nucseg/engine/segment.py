@@ -130,7 +130,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         """Post-process `result` when it is still dense maps, write the outputs, return the nucleus count; runs on
         the background thread."""
         inst = result if isinstance(result, Instances) else predictor.method.postprocess(result)
-        write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp)
+        write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp, predictor.class_names)
         return len(inst)
 
     # The main thread reads and runs the forward pass; post-processing and writing run on a background thread while

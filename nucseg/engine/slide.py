@@ -364,7 +364,8 @@ class _Job:
             bar.close()
             report.failed_tiles = [e for _, e in ledger.errors()]
             t1 = time.perf_counter()
-            report.nuclei, _ = _assemble(ledger, plan, job_dir, stem, thumb, thumb_down, tissue, settings)
+            report.nuclei, _ = _assemble(ledger, plan, job_dir, stem, thumb, thumb_down, tissue, settings,
+                                         cfg["class_names"])
             report.assemble_seconds = time.perf_counter() - t1
             report.out = str(job_dir)
             if not plan.tiles:
@@ -374,14 +375,16 @@ class _Job:
 
 
 def _checkpoint_infer(model_file: str, predictor) -> dict:
-    """The model's infer settings (window, mpp, margin), from its predictor or, for Dask, from the file."""
+    """The model's infer settings (window, mpp, margin) and class names, from its predictor or, for Dask, from the
+    file."""
     if predictor is not None:
-        c = predictor.cfg
+        c, names = predictor.cfg, predictor.class_names
     else:
         from nucseg.engine.checkpoints import load_checkpoint, method_from_checkpoint
 
-        c = method_from_checkpoint(model_file, load_checkpoint(model_file))[1].infer
-    return {"window": c.window, "mpp": c.mpp, "block_margin": c.block_margin}
+        run = method_from_checkpoint(model_file, load_checkpoint(model_file))[1]
+        c, names = run.infer, dict(run.data.class_names)
+    return {"window": c.window, "mpp": c.mpp, "block_margin": c.block_margin, "class_names": names}
 
 
 def _file_digest(path: str) -> str:
@@ -489,7 +492,8 @@ def _run_on_dask(client, slide_path: str, mpp, model_file: str, runtime, plan: S
 
 
 def _assemble(ledger: Ledger, plan: SlidePlan, job_dir: Path, stem: str, thumb: np.ndarray, thumb_down: float,
-              tissue: TissueMask | None, settings: dict) -> tuple[int, dict]:
+              tissue: TissueMask | None, settings: dict, class_names: dict[int, str] | None = None
+              ) -> tuple[int, dict]:
     """Every recorded tile, in tile order, into the final files (written under temporary names, then renamed)."""
     from nucseg.io.slide_outputs import SlideWriter
 
@@ -500,10 +504,11 @@ def _assemble(ledger: Ledger, plan: SlidePlan, job_dir: Path, stem: str, thumb: 
             tile = unpack_tile(payload)
             if writer is None:
                 columns = list(tile["props"])
-                writer = SlideWriter(job_dir, stem, plan.work_size, plan.mpp, plan.to_level0, columns)
+                writer = SlideWriter(job_dir, stem, plan.work_size, plan.mpp, plan.to_level0, columns, class_names)
             writer.add_tile(tile)
         if writer is None:  # no tissue, or every tile failed: empty outputs with the usual columns
-            writer = SlideWriter(job_dir, stem, plan.work_size, plan.mpp, plan.to_level0, _EMPTY_COLUMNS)
+            writer = SlideWriter(job_dir, stem, plan.work_size, plan.mpp, plan.to_level0, _EMPTY_COLUMNS,
+                                 class_names)
         writer.overview(thumb, thumb_down, None if tissue is None else tissue.mask)
         files = writer.commit({"settings": settings, "nuclei": writer.count})
     except BaseException:

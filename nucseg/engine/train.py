@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import nucseg
-from nucseg.data.dataset import PatchDataset, validation_samples
+from nucseg.data.dataset import PatchDataset, resolve_class_names, validation_samples
 from nucseg.engine.checkpoints import init_weights, load_checkpoint, save_checkpoint
 from nucseg.engine.config import RunConfig, config_to_yaml
 from nucseg.engine.device import autocast, configure_malloc, resolve_precision, select_device, set_threads
@@ -189,6 +189,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    cfg.data.class_names = resolve_class_names(cfg.data)  # the run keeps them: outputs name the classes
     method = get_method(cfg.method)(cfg.model)
     cfg.model = dataclasses.asdict(method.config)  # the run directory keeps the resolved method config
     model = method.build_model().to(device).to(memory_format=torch.channels_last)

@@ -90,7 +90,8 @@ def write_coco(path: Path, items: list[tuple[str, Instances]], class_names: dict
 
 def write_outputs(out_dir: Path, stem: str, image: np.ndarray, inst: Instances, kinds=OUTPUT_KINDS,
                   mpp: float | None = None, class_names: dict[int, str] | None = None) -> dict[str, Path]:
-    """Write the requested outputs of one image; returns {kind: path}."""
+    """Write the requested outputs of one image; returns {kind: path} (with "types", the per-pixel class map, when
+    the labels are written and the instances carry classes)."""
     from nucseg.viz import overlay_contours
 
     unknown = set(kinds) - set(OUTPUT_KINDS)
@@ -104,6 +105,11 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, inst: Instances, 
         props = instance_properties(inst.labels, image, mpp, outlines)
     if "labels" in kinds:
         written["labels"] = write_label(out_dir / "labels" / f"{stem}.png", inst.labels)
+        if inst.classes:  # beside the labels, as the training sets keep them: types/<stem>.png, 0 = background
+            from nucseg.labels import instances_to_class_map
+
+            written["types"] = write_image(out_dir / "types" / f"{stem}.png",
+                                           instances_to_class_map(inst.labels, inst.classes))  # 8-bit
     if "overlay" in kinds:
         written["overlay"] = write_image(out_dir / "overlays" / f"{stem}.png",
                                          overlay_contours(image, inst.labels, inst.classes))
