@@ -11,6 +11,10 @@ are left out of every term, so a nucleus nobody outlined is not taught as backgr
 Weak labels (nucleus masks only): background pixels are supervised as class 0 and mask pixels by the
 partial-label cross-entropy -log(p_interior + p_boundary), i.e. "some nucleus class"; Dice and the distance term
 use fully labelled patches only.
+
+Nucleus classes (`num_classes` > 0, HoVer-Net's type branch): a head predicts background + K types per pixel, learned
+by cross-entropy + Dice on the pixels whose type is known (background everywhere; nuclei of sets with types maps),
+weighted `weight_types`; each instance takes the type most of its pixels vote for, as HoVer-Net assigns them.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ class UNetConfig(WatershedOptions):
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 48, 32, 16])
     output_stride: int = 1  # 2 skips the full-resolution decoder block (faster; maps upsampled bilinearly)
     boundary_width: int = 2
+    num_classes: int = 0  # nucleus types predicted per pixel (0: no type head)
     weight_ce: float = 1.0
     weight_dice: float = 1.0
     weight_distance: float = 2.0
+    weight_types: float = 1.0
 
 
 @register_method
@@ -50,23 +56,40 @@ class UNetMethod(Method):
     tunable = WATERSHED_GRID
     partial_labels = True
 
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.config, "num_classes", 0))
+
+    @property
+    def targets_use_classes(self) -> bool:
+        return self.num_classes > 0
+
     def build_model(self) -> nn.Module:
         c = self.config
-        return UNet(c.encoder, c.encoder_weights, c.in_channels, tuple(c.decoder_channels),
-                    heads={"logits": 3, "distance": 1}, output_stride=c.output_stride)
+        heads = {"logits": 3, "distance": 1}
+        if self.num_classes:
+            heads["types"] = self.num_classes + 1
+        return UNet(c.encoder, c.encoder_weights, c.in_channels, tuple(c.decoder_channels), heads=heads,
+                    output_stride=c.output_stride)
 
     def targets(self, labels: np.ndarray, classes: dict[int, int] | None = None) -> dict[str, np.ndarray]:
-        return {
+        out = {
             "three_class": three_class(labels, self.config.boundary_width).astype(np.int64),
             "distance": distance_map(labels)[None],
         }
+        if self.num_classes:
+            out["types"] = type_targets(labels, classes, self.num_classes)
+        return out
 
     def foreground_targets(self, mask: np.ndarray) -> dict[str, np.ndarray]:
         # -1 marks "a nucleus, class unknown" for the partial-label cross-entropy
-        return {
+        out = {
             "three_class": np.where(mask, -1, 0).astype(np.int64),
             "distance": np.zeros((1, *mask.shape), np.float32),
         }
+        if self.num_classes:
+            out["types"] = np.where(mask, -1, 0).astype(np.int64)
+        return out
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.config
@@ -86,7 +109,21 @@ class UNetMethod(Method):
             dice = logits.sum() * 0.0
         dist = self.distance_loss(outputs, batch, labelled)
         total = c.weight_ce * ce + c.weight_dice * dice + c.weight_distance * dist
-        return {"total": total, "ce": ce, "dice": dice, "distance": dist}
+        losses = {"ce": ce, "dice": dice, "distance": dist}
+        if self.num_classes:
+            losses["types"] = self.type_loss(outputs["types"].float(), batch["types"], valid)
+            total = total + c.weight_types * losses["types"]
+        return {"total": total, **losses}
+
+    def type_loss(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy + Dice over the nucleus types, on pixels of known type (target ≥ 0) that are valid."""
+        known = (target >= 0).float() if valid is None else (target >= 0).float() * valid
+        log_prob = logits.log_softmax(1)
+        nll = -log_prob.gather(1, target.clamp(min=0)[:, None])[:, 0]
+        ce = (nll * known).sum() / known.sum().clamp(min=1)
+        dice = soft_dice_loss(log_prob.exp(), target.clamp(min=0), classes=tuple(range(1, self.num_classes + 1)),
+                              weight=known)
+        return ce + dice
 
     @staticmethod
     def distance_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
@@ -101,10 +138,36 @@ class UNetMethod(Method):
 
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model(images)
-        return {"prob": out["logits"].float().softmax(1), "distance": torch.sigmoid(out["distance"].float())}
+        dense = {"prob": out["logits"].float().softmax(1), "distance": torch.sigmoid(out["distance"].float())}
+        if "types" in out:
+            dense["types"] = out["types"].float().softmax(1)
+        return dense
 
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
         prob = dense["prob"]
         foreground = prob[1] + prob[2]
         labels = instances_from_maps(foreground, prob[1], dense["distance"][0], self.config)
-        return Instances(labels, scores=instance_means(labels, foreground))
+        classes = majority_types(labels, dense["types"]) if "types" in dense else {}
+        return Instances(labels, classes, scores=instance_means(labels, foreground))
+
+
+def type_targets(labels: np.ndarray, classes: dict[int, int] | None, num_classes: int) -> np.ndarray:
+    """Per-pixel type target: 0 on background, the nucleus' type (1..K), -1 where it is not known."""
+    lookup = np.full(int(labels.max()) + 1, -1, np.int64)
+    lookup[0] = 0
+    for i, c in (classes or {}).items():
+        if 0 < i < lookup.size and 0 < c <= num_classes:
+            lookup[i] = c
+    return lookup[labels]
+
+
+def majority_types(labels: np.ndarray, type_prob: np.ndarray) -> dict[int, int]:
+    """{instance: the nucleus type (1..K) most of its pixels predict}, background left out of the vote."""
+    if not labels.any():
+        return {}
+    vote = type_prob[1:].argmax(0) + 1
+    fg = labels > 0
+    ids, inverse = np.unique(labels[fg], return_inverse=True)
+    counts = np.zeros((ids.size, type_prob.shape[0]), np.int64)
+    np.add.at(counts, (inverse, vote[fg]), 1)
+    return {int(i): int(c) for i, c in zip(ids, counts.argmax(1))}
