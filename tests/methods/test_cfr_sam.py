@@ -195,3 +195,22 @@ def test_smoke_config_lowers_both_stages_losses_and_segments_large_images_by_blo
     assert inst.labels.shape == (200, 200)
     assert set(inst.classes) == set(inst.ids.tolist()) and set(inst.classes.values()) <= {1, 2, 3}
     assert predictor.runtime == "torch"
+
+
+def test_deformable_convolution_equals_torchvisions():
+    from torchvision.ops import deform_conv2d
+
+    from nucseg.methods.cfr_sam.refine import deform_conv3x3
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 11, 9, requires_grad=True)
+    offset = (torch.randn(2, 18, 11, 9) * 2).requires_grad_()  # some taps land outside the image
+    weight = torch.randn(4, 5, 3, 3, requires_grad=True)
+    ours = deform_conv3x3(x, offset, weight)
+    ref = deform_conv2d(x, offset, weight, padding=1)
+    assert torch.allclose(ours, ref, atol=1e-4)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad((ours * g).sum(), (x, offset, weight))
+    ref_grads = torch.autograd.grad((ref * g).sum(), (x, offset, weight))
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-3)
