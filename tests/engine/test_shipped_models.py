@@ -51,8 +51,8 @@ def test_weaveseg_by_name(tmp_path):
     assert not report.failed and report.rows[0]["model"] == "weaveseg"
 
 
-@pytest.mark.parametrize("name", ["frgnet", "fourier-guide"])
-def test_frgnet_and_the_fourier_guide_by_name(name, shared_data, tmp_path):
+@pytest.mark.parametrize("name", ["frgnet", "fourier-guide", "sam-eunet3p"])
+def test_models_that_segment_a_monuseg_crop_by_name(name, shared_data, tmp_path):
     from nucseg.io.images import read_image, read_label
     from nucseg.metrics import aji
 
