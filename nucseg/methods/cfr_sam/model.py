@@ -7,7 +7,9 @@ token). Each prompt gets its own context: the 64×64 tokens of the whole image's
 size is one set of prompts. The mask decoder's upscaling is per pixel (transposed 2×2 convolutions, per-pixel layer
 norm, GELU), so it runs only on the `mask_window` px around the prompt (64 px: larger than a nucleus at 40×): exact
 there, and 16× cheaper than the whole context, which SAM's every-prompt-full-image decoding would cost on a CPU. A
-mask is background outside its window; `mask_window: 0` decodes the whole context, as the paper does.
+mask is background outside its window; `mask_window: 0` decodes the whole context, as the paper does. For a CPU
+budget `context_tokens` (< 64) keeps only the centre of each prompt's frame: the decoder attends over fewer image
+tokens, each at its frame position (prompt and positional encoding as in the full frame).
 
 The coarse mask features F_m handed to BGMR are the upscaled decoder features weighted by the prompt's
 hypernetwork vector (so their channel sum is the coarse mask logit).
