@@ -17,7 +17,8 @@ from nucseg.structures import Instances
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 # models shipped in the package, by name: `nucseg segment --model NAME` (see nucseg/weights/MODEL_CARD.md)
 SHIPPED = {"he": "default.pt", "fluo": "fluo.pt", "weaveseg": "weaveseg.pt", "fourier-guide": "fourier-guide.pt",
-           "frgnet": "frgnet.pt", "gensegnet": "gensegnet.pt", "sam-eunet3p": "sam-eunet3p.pt"}
+           "frgnet": "frgnet.pt", "gensegnet": "gensegnet.pt", "sam-eunet3p": "sam-eunet3p.pt",
+           "cfr-sam": "cfr-sam.pt"}
 DEFAULT_MODEL = WEIGHTS / SHIPPED["he"]
 AUTO = "auto"  # one shipped model per modality, chosen per image (`detect_modality`), as StarDist ships two
 

@@ -92,3 +92,27 @@ def test_gensegnet_by_name_and_through_segment_slide(shared_data, tmp_path):
     flat = Predictor.from_checkpoint(resolve_model("gensegnet"), runtime="torch").segment_tiles(image, 128, 32).labels
     assert flat.max() > 5
     np.testing.assert_array_equal(labels, flat)
+
+
+def test_cfr_sam_segments_and_classifies_a_consep_patch_by_name(shared_data, tmp_path):
+    """The shipped CFR-SAM finds CoNSeP nuclei and writes their classes: type map, GeoJSON names, CSV."""
+    import csv
+    import json
+
+    from nucseg.io.images import read_image, read_label
+    from nucseg.metrics import aji
+
+    src = shared_data / "consep-patches-train"
+    stem = sorted((src / "images").glob("*.jpg"))[0].stem
+    write_image(tmp_path / "in" / f"{stem}.png", read_image(src / "images" / f"{stem}.jpg")[..., :3])
+    report = segment_files([str(tmp_path / "in")], tmp_path / "out", model="cfr-sam", progress=False)
+    assert not report.failed and report.rows[0]["model"] == "cfr-sam"
+    labels = read_label(tmp_path / "out/labels" / f"{stem}.png")
+    assert aji(read_label(src / "labels" / f"{stem}.png"), labels) > 0.3
+    types = read_label(tmp_path / "out/types" / f"{stem}.png")
+    assert ((types > 0) == (labels > 0)).all() and set(np.unique(types)) <= {0, 1, 2, 3, 4}
+    names = {"other", "inflammatory", "epithelial", "spindle-shaped"}
+    features = json.load(open(tmp_path / "out/geojson" / f"{stem}.geojson"))["features"]
+    assert features and {f["properties"]["classification"]["name"] for f in features} <= names
+    rows = list(csv.DictReader(open(tmp_path / "out/csv" / f"{stem}.csv")))
+    assert {r["class"] for r in rows} <= names and len(rows) == len(features)
