@@ -42,7 +42,7 @@ class TrainConfig:
     batch_size: int = 8
     val_every: int = 500
     log_every: int = 20
-    select_metric: str = "aji"  # validation metric for best.ckpt: aji | pq | dice
+    select_metric: str = "aji"  # validation metric for best.ckpt: aji | pq | dice | mpq | aji_mpq (typed models)
     precision: str = "auto"  # auto (bf16 where the CPU has AMX, or on CUDA) | bf16 | fp32
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N; DDP processes take GPU LOCAL_RANK
     threads: int = 0  # torch threads on CPU (0 = all cores)

@@ -28,6 +28,7 @@ from nucseg.engine.infer import Predictor, normalize
 from nucseg.io.images import atomic_path, write_text
 from nucseg.methods import Stage, get_method
 from nucseg.metrics import aji, compute_overlap, dice, pq
+from nucseg.metrics.typed import TypedAccumulator, nanmean
 
 
 def lr_at(step: int, cfg, total_steps: int) -> float:
@@ -102,23 +103,48 @@ def enter_stage(model: torch.nn.Module, optimizers: dict, stage: Stage) -> None:
 
 
 def validate(method, model, cfg: RunConfig, val_sets, device, precision) -> dict[str, float]:
-    """Mean AJI / PQ / Dice per validation set and over all images."""
+    """Mean AJI / PQ / Dice per validation set and over all images; for a model that classifies, on the sets that
+    carry nucleus types, also PanNuke's mPQ per set and over those sets' images, and `aji_mpq`, their mean with AJI
+    (a checkpoint chosen by AJI alone can be one whose type head has barely learnt)."""
     # torch: the weights change between validations, so an exported runtime would be rebuilt each time
     predictor = Predictor.for_run(method, model, cfg, device, precision, runtime="torch")
-    rows = []
+    class_ids = sorted(int(k) for k in dict(cfg.data.class_names))
+    rows, typed_rows = [], []
     out: dict[str, float] = {}
     for name, samples in val_sets.items():
         set_rows = []
+        typed = TypedAccumulator(class_ids) if class_ids else None
         for s in samples:
-            labels = predictor.segment(s.image).labels
-            ov = compute_overlap(s.instances, labels)
+            inst = predictor.segment(s.image)
+            ov = compute_overlap(s.instances, inst.labels)
             set_rows.append({"aji": aji(ov), "pq": pq(ov)["pq"], "dice": dice(ov)})
+            if typed is not None and s.classes and inst.classes:
+                typed_rows.append(typed.add(str(s.id), s.instances, s.classes, inst.labels, inst.classes))
         for k in ("aji", "pq", "dice"):
             out[f"{name}/{k}"] = float(np.mean([r[k] for r in set_rows]))
+        if typed is not None and typed.per_image:
+            out[f"{name}/mpq"] = typed.aggregate()["mpq"]
         rows += set_rows
     for k in ("aji", "pq", "dice"):
         out[k] = float(np.mean([r[k] for r in rows])) if rows else float("nan")
+    if typed_rows:
+        out["mpq"] = nanmean([r["mpq"] for r in typed_rows])
+        out["aji_mpq"] = (out["aji"] + out["mpq"]) / 2
     return out
+
+
+SELECT_METRICS = ("aji", "pq", "dice", "mpq", "aji_mpq")
+
+
+def _check_select_metric(cfg: RunConfig, method) -> None:
+    """Fail before training, not at the first validation, on a selection metric the run cannot compute."""
+    metric = cfg.train.select_metric
+    if metric not in SELECT_METRICS:
+        raise ValueError(f"train.select_metric={metric}: choose one of {', '.join(SELECT_METRICS)}")
+    if metric in ("mpq", "aji_mpq") and not (method.targets_use_classes and cfg.data.class_names):
+        raise ValueError(f"train.select_metric={metric} scores nucleus types: it needs a method that predicts them "
+                         f"(method '{cfg.method}' here{'' if method.targets_use_classes else ' does not'}) and class "
+                         "names (data.class_names or a set's dataset.json)")
 
 
 def _drop_rows_after(path: Path, step: int) -> float:
@@ -192,6 +218,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     cfg.data.class_names = resolve_class_names(cfg.data)  # the run keeps them: outputs name the classes
     method = get_method(cfg.method)(cfg.model)
     cfg.model = dataclasses.asdict(method.config)  # the run directory keeps the resolved method config
+    _check_select_metric(cfg, method)
     model = method.build_model().to(device).to(memory_format=torch.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
         return _training_free(method, model, cfg, out_dir, device, precision, rank)
@@ -314,6 +341,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 if tensorboard is not None:
                     for k, v in scores.items():
                         tensorboard.add_scalar(f"val/{k}", v, step)
+                if cfg.train.select_metric not in scores:
+                    raise ValueError(f"train.select_metric={cfg.train.select_metric}: no validation image carries "
+                                     "nucleus types (types/ in a validation set) to score it on")
                 if scores[cfg.train.select_metric] > best:
                     best, best_step = scores[cfg.train.select_metric], step
                     save_checkpoint(out_dir / "best.ckpt", model, cfg, step=step, scores=scores)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nucseg.methods.unet.method import majority_types, type_targets
 
@@ -36,9 +37,13 @@ def test_type_head_trains_and_segment_writes_the_classes(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert main(["train", str(SMOKE), "--out", "run", "--set", "model.num_classes=3", "--set", "train.steps=40",
-                 "--set", "data.class_names={1: small, 2: medium, 3: large}"]) == 0
+                 "--set", "data.class_names={1: small, 2: medium, 3: large}", "--set", "train.val_every=20",
+                 "--set", "train.select_metric=aji_mpq"]) == 0
     rows = list(csv.DictReader(open("run/train.csv")))
     assert float(rows[-1]["types"]) < 0.8 * float(rows[0]["types"])
+    val = list(csv.DictReader(open("run/val.csv")))
+    assert len(val) == 2 and all(0 <= float(r["mpq"]) <= 1 for r in val)  # typed validation: checkpoint by AJI + mPQ
+    assert float(val[-1]["aji_mpq"]) == pytest.approx((float(val[-1]["aji"]) + float(val[-1]["mpq"])) / 2, abs=1e-4)
     image = synthetic_sample(96, 10, n_classes=3, seed=5).image
     write_image(tmp_path / "in.png", image)
     assert main(["segment", "in.png", "--out", "out", "--model", "run"]) == 0
@@ -47,3 +52,13 @@ def test_type_head_trains_and_segment_writes_the_classes(tmp_path, monkeypatch):
     assert types.shape == labels.shape and ((types > 0) == (labels > 0)).all()
     names = {f["properties"]["classification"]["name"] for f in json.load(open("out/geojson/in.geojson"))["features"]}
     assert names and names <= {"small", "medium", "large"}
+
+
+def test_selecting_checkpoints_by_types_needs_a_model_that_predicts_them(tmp_path, capsys):
+    from nucseg.cli import main
+
+    assert main(["train", str(SMOKE), "--out", str(tmp_path / "run"), "--set", "train.select_metric=mpq",
+                 "--set", "data.class_names={1: small}"]) != 0
+    assert "select_metric=mpq" in capsys.readouterr().err and not (tmp_path / "run" / "last.ckpt").exists()
+    assert main(["train", str(SMOKE), "--out", str(tmp_path / "run"), "--set", "train.select_metric=f1"]) != 0
+    assert "choose one of aji, pq, dice, mpq, aji_mpq" in capsys.readouterr().err
