@@ -47,10 +47,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from nucseg.engine.segment import AUTO, SHIPPED, WEIGHTS
     from nucseg.models import describe, list_models
 
+    print("shipped models (nucseg segment --model NAME; nucseg/weights/MODEL_CARD.md):")
+    print(f"  {AUTO:16s} he or fluo, chosen per image (the default)")
+    for name, file in SHIPPED.items():
+        path = WEIGHTS / file
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "missing from this installation"
+        print(f"  {name:16s} {file} ({size})")
+    print("architectures (model registry, for configs):")
     for name in list_models():
-        print(f"{name:16s} {describe(name)}")
+        print(f"  {name:16s} {describe(name)}")
     return 0
 
 
@@ -217,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("formats", help="list the annotation formats")
     p.set_defaults(func=_cmd_formats)
 
-    p = sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="list the shipped models and the registered architectures")
     p.set_defaults(func=_cmd_models)
     return parser
 

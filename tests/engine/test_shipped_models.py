@@ -17,6 +17,16 @@ def test_detect_modality_on_synthetic_images():
     assert detect_modality(fluo.astype(np.uint16) * 200) == "fluo"
 
 
+def test_models_command_lists_every_shipped_model_and_its_file(capsys):
+    from nucseg.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, file in SHIPPED.items():
+        assert f"{name} " in out and file in out
+    assert "missing" not in out and AUTO in out
+
+
 def test_detect_modality_on_real_images(shared_data):
     from nucseg.io.images import read_image
 
