@@ -44,6 +44,13 @@ class SetConfig:
     # this set's validation share, in place of data.val_fraction (e.g. more of MoNuSeg's few large tiles, so choices
     # made on validation are not made on two tiles' noise)
     val_fraction: float | None = None
+    # the validation images named outright (ids, or group keys where `group_pattern` groups ids), in place of the
+    # seeded draw: a protocol's split stays the same whatever the split code or the set's other files become
+    val_ids: list[str] | None = None
+    val_max_images: int | None = None  # this set's cap, in place of data.val_max_images
+    # False: a set the method may go without. A mask-only set (annotation: foreground) is then left out, with a
+    # note, for a method that cannot train on masks, instead of failing (a protocol offers it to those that can)
+    required: bool = True
     synthetic: SyntheticSpec | None = None  # generate the set instead of reading `path`
 
 
@@ -95,15 +102,29 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot convert a {c}-channel image to {channels} channels")
 
 
-def split_ids(ids: list[str], val_fraction: float, seed: int, group_pattern: str | None = None) -> tuple[list, list]:
-    """Deterministic train/validation split by image (or by group of images)."""
-    def group(i: str) -> str:
-        if group_pattern:
-            m = re.search(group_pattern, i)
-            if m:
-                return m.group(0)
-        return i
+def id_group(image_id: str, group_pattern: str | None) -> str:
+    """The split group of an id: the first match of `group_pattern` (patches of one tile share it), else the id."""
+    if group_pattern:
+        m = re.search(group_pattern, image_id)
+        if m:
+            return m.group(0)
+    return image_id
 
+
+def split_ids(ids: list[str], val_fraction: float, seed: int, group_pattern: str | None = None,
+              val_ids: list[str] | None = None) -> tuple[list, list]:
+    """Deterministic train/validation split by image (or by group of images); `val_ids` names the validation
+    ids or groups outright (each must exist)."""
+    def group(i: str) -> str:
+        return id_group(i, group_pattern)
+
+    if val_ids is not None:
+        named = set(val_ids)
+        unknown = sorted(named - set(ids) - {group(i) for i in ids})
+        if unknown:
+            raise ValueError(f"val_ids {unknown} are neither ids nor groups of this set")
+        val = [i for i in ids if i in named or group(i) in named]
+        return [i for i in ids if i not in set(val)], val
     groups = sorted({group(i) for i in ids})
     rng = np.random.default_rng(seed)
     rng.shuffle(groups)
@@ -153,6 +174,7 @@ class LoadedSet:
         self.path = path if path.is_absolute() or cfg.synthetic else Path(root) / path
         self.name = self.path.name
         self.foreground_only = cfg.annotation == "foreground"
+        self.required = cfg.required
         if cfg.synthetic:
             from nucseg.data.synthetic import synthetic_sample
 
@@ -167,8 +189,12 @@ class LoadedSet:
             train, val = ids, []
         else:
             fraction = data_cfg.val_fraction if cfg.val_fraction is None else cfg.val_fraction
-            train, val = split_ids(ids, fraction, data_cfg.split_seed, cfg.group_pattern)
-        chosen = train if split == "train" else val[: data_cfg.val_max_images]
+            try:
+                train, val = split_ids(ids, fraction, data_cfg.split_seed, cfg.group_pattern, cfg.val_ids)
+            except ValueError as exc:
+                raise ValueError(f"data set {self.path}: {exc}") from None
+        cap = data_cfg.val_max_images if cfg.val_max_images is None else cfg.val_max_images
+        chosen = train if split == "train" else val[:cap]
         if cfg.max_images:
             chosen = chosen[: cfg.max_images]
         self.ids = chosen
@@ -201,6 +227,11 @@ class PatchDataset:
         normalizer = stain_normalizer(data_cfg)
         loaded = [(LoadedSet(s, data_cfg.root, data_cfg, split, normalizer), s.weight) for s in data_cfg.sets]
         loaded = [(ds, w) for ds, w in loaded if ds.samples]  # a set whose split is empty takes no share
+        if foreground_targets_fn is None:  # mask-only sets a protocol offers to the methods that can use them
+            for ds, _ in loaded:
+                if ds.foreground_only and not ds.required:
+                    print(f"data: {ds.name} (nucleus masks only) left out: this method cannot train on masks")
+            loaded = [(ds, w) for ds, w in loaded if not (ds.foreground_only and not ds.required)]
         if not loaded:
             raise ValueError("no training images: check data.sets and data.root")
         self.sets = [ds for ds, _ in loaded]

@@ -1,6 +1,12 @@
 """Run configuration: YAML mapped onto typed dataclasses (OmegaConf), overridable with `--set a.b=c`.
 
 The method's own options live under `model:` and are validated against the method's config dataclass.
+
+Composition (MMDetection's `_base_`, Hydra's defaults): a file may name base files, `base: [../protocols/he-cpu.yaml]`
+(one path or a list, relative to the naming file). Bases merge in order, each after its own bases, then the file's
+own keys, then `--set`. Mappings merge key by key; a list (such as `data.sets`) is replaced whole, never appended to.
+Each file merges onto the typed defaults separately, so an unknown key or a wrong type is reported with the file
+that holds it; a missing base names the file that names it, and a cycle names its chain.
 """
 
 from __future__ import annotations
@@ -87,9 +93,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for source, layer in config_layers(path):
+            cfg = _merge_layer(cfg, layer, str(source))
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = _merge_layer(cfg, OmegaConf.from_dotlist(list(overrides)), "--set")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:  # `???` in a config: a value only the user can give (a path to their weights)
         sets = " ".join(f"--set {k}=..." for k in missing)
@@ -100,6 +107,54 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     get_method(run.method)(run.model)
     return run
+
+
+BASE_KEY = "base"
+
+
+def config_layers(path: str | Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, Any]]:
+    """[(file, its own keys)] in merge order: each base's layers (depth first, in the order named), then the file's."""
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(resolved):], resolved))
+        raise ValueError(f"{path}: config bases form a cycle: {cycle}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # a YAML syntax error: name the file (OmegaConf's message has the line)
+        raise ValueError(f"{path}: not a readable YAML config ({exc})") from exc
+    if node is None:
+        node = OmegaConf.create({})
+    if not OmegaConf.is_dict(node):
+        raise ValueError(f"{path}: a config must be a mapping of keys, not a {type(node).__name__}")
+    bases = node.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif OmegaConf.is_list(bases) and all(isinstance(b, str) for b in bases):
+        bases = list(bases)
+    else:
+        raise ValueError(f"{path}: '{BASE_KEY}' must be a path or a list of paths, relative to the file")
+    layers: list[tuple[Path, Any]] = []
+    for base in bases:
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise FileNotFoundError(f"{path}: {BASE_KEY} '{base}' not found (looked for {base_path})")
+        layers += config_layers(base_path, (*_chain, resolved))
+    layers.append((path, node))
+    return layers
+
+
+def _merge_layer(cfg, layer, source: str):
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as exc:  # unknown key, wrong type: say which file (or --set) holds it
+        key = getattr(exc, "full_key", None)
+        where = f" key '{key}'" if key else ""
+        raise ValueError(f"{source}:{where} {exc.msg if hasattr(exc, 'msg') else exc}".rstrip()) from exc
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
