@@ -1,4 +1,4 @@
-"""The `nucseg` command line: data convert, train, segment, evaluate, models.
+"""The `nucseg` command line: data convert, train, tune, export, segment, segment-slide, evaluate, compare, models.
 
 Heavy imports (torch) happen inside the subcommands that need them, so `evaluate` and `data convert` start fast.
 """
@@ -113,6 +113,38 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from nucseg.engine.compare import ImageSet, compare, protocol_sets, write_report
+
+    out = Path(args.out)
+    if args.protocol:
+        if args.images or args.labels or args.types:
+            raise ValueError("give --protocol or --images/--labels, not both")
+        sets, val_ids, config = protocol_sets(args.protocol, out)
+        from nucseg.engine.config import load_config
+
+        root = load_config(config).data.root
+        title = f"nucseg compare on the validation split of {config}"
+    else:
+        if not (args.images and args.labels):
+            raise ValueError("give --images DIR and --labels DIR (and --types DIR), or --protocol NAME")
+        for flag, folder in (("--images", args.images), ("--labels", args.labels), ("--types", args.types)):
+            if folder and not Path(folder).is_dir():
+                raise FileNotFoundError(f"{folder}: {flag} folder not found")
+        sets = [ImageSet(Path(args.images).name or "images", Path(args.images), Path(args.labels),
+                         Path(args.types) if args.types else None)]
+        val_ids, root, title = None, "", f"nucseg compare on {args.images}"
+    results = compare(args.models, sets, out, val_ids, root, args.mpp, args.tta, args.precision, args.runtime,
+                      args.threads)
+    paths = write_report(results, sets, out, title)
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"nucseg: error: model {r.model}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_segment_slide(args: argparse.Namespace) -> int:
     from nucseg.engine.slide import segment_slides
 
@@ -203,6 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None, help="forward pass, as for segment")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the forward pass (0 = all)")
     p.set_defaults(func=_cmd_segment_slide)
+
+    p = sub.add_parser("compare", help="segment labelled images with several models and score them side by side")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="shipped names, run directories or checkpoints")
+    p.add_argument("--images", help="folder of images")
+    p.add_argument("--labels", help="folder of true instance maps, same stems")
+    p.add_argument("--types", help="folder of true per-pixel class maps (typed metrics for models that classify)")
+    p.add_argument("--protocol", help="score on a protocol's validation split instead (he-cpu, fluo-cpu, or a "
+                   "config file's path)")
+    p.add_argument("--out", default="nucseg-compare", help="output folder: compare.md, compare.csv, compare.png, "
+                   "and each model's label maps (default nucseg-compare)")
+    p.add_argument("--mpp", type=float, help="microns per pixel of the images, as for segment")
+    p.add_argument("--tta", action="store_true", help="average over flips")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino"], default=None, help="forward pass, as for segment")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("evaluate", help="score predicted label maps against ground truth")
     p.add_argument("--true", required=True, help="folder of true instance maps (png/tif/npy/mat)")

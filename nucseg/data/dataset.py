@@ -166,6 +166,22 @@ def drop_annotations(labels: np.ndarray, keep_fraction: float, seed) -> np.ndarr
     return out
 
 
+def split_set_ids(cfg: SetConfig, path: Path, data_cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(training ids, validation ids) of one set at `path`, from the files' ids alone (no image is read)."""
+    if cfg.synthetic:
+        ids = [f"{path.name}-{k}" for k in range(cfg.synthetic.images)]
+    else:
+        ids = list_ids(path, cfg.annotation)
+    ids = [i for i in ids if i not in set(cfg.exclude)]
+    if cfg.annotation == "foreground":  # masks cannot score instances: no validation share
+        return ids, []
+    fraction = data_cfg.val_fraction if cfg.val_fraction is None else cfg.val_fraction
+    try:
+        return split_ids(ids, fraction, data_cfg.split_seed, cfg.group_pattern, cfg.val_ids)
+    except ValueError as exc:
+        raise ValueError(f"data set {path}: {exc}") from None
+
+
 class LoadedSet:
     """One canonical set's split, with its images and label maps in memory."""
 
@@ -180,19 +196,9 @@ class LoadedSet:
 
             spec = cfg.synthetic
             generate = {f"{self.name}-{k}": k for k in range(spec.images)}
-            ids = list(generate)
         else:
             info = dataset_info(self.path)
-            ids = list_ids(self.path, cfg.annotation)
-        ids = [i for i in ids if i not in set(cfg.exclude)]
-        if self.foreground_only:  # masks cannot score instances: no validation share
-            train, val = ids, []
-        else:
-            fraction = data_cfg.val_fraction if cfg.val_fraction is None else cfg.val_fraction
-            try:
-                train, val = split_ids(ids, fraction, data_cfg.split_seed, cfg.group_pattern, cfg.val_ids)
-            except ValueError as exc:
-                raise ValueError(f"data set {self.path}: {exc}") from None
+        train, val = split_set_ids(cfg, self.path, data_cfg)
         cap = data_cfg.val_max_images if cfg.val_max_images is None else cfg.val_max_images
         chosen = train if split == "train" else val[:cap]
         if cfg.max_images:

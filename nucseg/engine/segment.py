@@ -88,6 +88,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 class SegmentReport:
     rows: list[dict] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    load_seconds: float = 0.0  # spent loading models (and building or reading their exported graph)
 
 
 def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = None, outputs=("labels", "overlay",
@@ -107,9 +108,11 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         """The predictor for this image, loaded on first use (with AUTO, each modality's model once)."""
         key = detect_modality(image) if resolved == AUTO else str(resolved)
         if key not in predictors:
+            t0 = time.perf_counter()
             path = WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved
             predictors[key] = Predictor.from_checkpoint(resolve_checkpoint_file(path), device, precision, runtime,
                                                         batch_size, tta)
+            report.load_seconds += time.perf_counter() - t0
         return key, predictors[key]
 
     report = SegmentReport()
