@@ -91,3 +91,87 @@ def hausdorff_per_pair(true, pred, pairs) -> float:
         a, b = np.argwhere(true == i), np.argwhere(pred == j)
         dists.append(max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0]))
     return float(np.mean(dists))
+
+
+# --- typed metrics: straight from the papers' code paths, one mask per nucleus -------------------------------------
+
+
+def _class_only(labels, classes, c):
+    keep = [i for i, k in classes.items() if k == c]
+    return np.where(np.isin(labels, keep), labels, 0)
+
+
+def _pq_stats(true, pred):
+    """TP, FP, FN and the IoU sum of PQ's unique matching (IoU > 0.5), on contiguous ids."""
+    t_masks, p_masks, inter, union = _pairwise(remap(true), remap(pred))
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    r, c = np.nonzero(iou > 0.5)
+    return len(r), len(p_masks) - len(r), len(t_masks) - len(r), float(iou[r, c].sum())
+
+
+def ref_bpq_mpq(images, class_ids):
+    """PanNuke: per image, bPQ = binary PQ (NaN for an empty truth) and mPQ = nanmean over the classes present in
+    the truth of that class's PQ; both nanmean'd over the images (one tissue)."""
+    bpqs, mpqs = [], []
+    for true, tc, pred, pc in images:
+        if true.any():
+            tp, fp, fn, s = _pq_stats(true, pred)
+            bpqs.append(tp / (tp + 0.5 * fp + 0.5 * fn) * (s / (tp + 1e-6)) if tp else 0.0)
+        per_class = []
+        for c in class_ids:
+            t, p = _class_only(true, tc, c), _class_only(pred, pc, c)
+            if not t.any():
+                continue
+            tp, fp, fn, s = _pq_stats(t, p)
+            per_class.append(tp / (tp + 0.5 * fp + 0.5 * fn) * (s / (tp + 1e-6)) if tp else 0.0)
+        if per_class:
+            mpqs.append(np.mean(per_class))
+    return float(np.mean(bpqs)), float(np.mean(mpqs))
+
+
+def ref_mpq_plus(images, class_ids):
+    """CoNIC: TP/FP/FN/IoU-sum of each class pooled over all images, PQ per class with the 1e-6 terms, averaged."""
+    pqs = []
+    for c in class_ids:
+        tp = fp = fn = s = 0.0
+        for true, tc, pred, pc in images:
+            a, b, d, e = _pq_stats(_class_only(true, tc, c), _class_only(pred, pc, c))
+            tp, fp, fn, s = tp + a, fp + b, fn + d, s + e
+        pqs.append(tp / (tp + 0.5 * fp + 0.5 * fn + 1e-6) * (s / (tp + 1e-6)))
+    return float(np.mean(pqs))
+
+
+def ref_type_stats(images, class_ids, radius=12.0):
+    """HoVer-Net compute_stats.py type mode: centroids (mean pixel coordinates) paired by the Hungarian algorithm on
+    Euclidean distance, pairs farther than `radius` dropped, everything pooled over images; detection F1, type
+    accuracy over the pairs, and `_f1_type` per class with w = [2, 2, 1, 1]."""
+    from scipy.spatial.distance import cdist
+
+    pt, pp, ut, up = [], [], [], []
+    for true, tc, pred, pc in images:
+        t_ids = [i for i in np.unique(true) if i]
+        p_ids = [i for i in np.unique(pred) if i]
+        t_xy = np.array([np.argwhere(true == i).mean(0) for i in t_ids]).reshape(-1, 2)
+        p_xy = np.array([np.argwhere(pred == i).mean(0) for i in p_ids]).reshape(-1, 2)
+        paired_t, paired_p = [], []
+        if len(t_ids) and len(p_ids):
+            d = cdist(t_xy, p_xy)
+            a, b = linear_sum_assignment(d)
+            ok = d[a, b] <= radius
+            paired_t, paired_p = list(a[ok]), list(b[ok])
+        pt += [tc.get(int(t_ids[k]), 0) for k in paired_t]
+        pp += [pc.get(int(p_ids[k]), 0) for k in paired_p]
+        ut += [tc.get(int(t_ids[k]), 0) for k in range(len(t_ids)) if k not in set(paired_t)]
+        up += [pc.get(int(p_ids[k]), 0) for k in range(len(p_ids)) if k not in set(paired_p)]
+    pt, pp, ut, up = map(np.array, (pt, pp, ut, up))
+    out = {"f1_det": 2 * len(pt) / (2 * len(pt) + len(up) + len(ut)), "acc_type": float((pt == pp).mean())}
+    w = (2, 2, 1, 1)
+    for c in class_ids:
+        sel = (pt == c) | (pp == c)
+        t, p = pt[sel], pp[sel]
+        tp_dt, tn_dt = ((t == c) & (p == c)).sum(), ((t != c) & (p != c)).sum()
+        fp_dt, fn_dt = ((t != c) & (p == c)).sum(), ((t == c) & (p != c)).sum()
+        fp_d, fn_d = (up == c).sum(), (ut == c).sum()
+        out[f"f1_type_{c}"] = 2 * (tp_dt + tn_dt) / (2 * (tp_dt + tn_dt) + w[0] * fp_dt + w[1] * fn_dt
+                                                     + w[2] * fp_d + w[3] * fn_d)
+    return out

@@ -34,8 +34,8 @@ from nucseg.io.images import write_text
 # the columns of compare.md, from `evaluate_folders`' per-image rows (and the typed aggregate for mPQ+)
 TABLE_COLUMNS = (("aji", "AJI"), ("aji_plus", "AJI+"), ("pq", "PQ"), ("dq", "DQ"), ("sq", "SQ"), ("dice", "Dice"),
                  ("f1_det", "F1 (det.)"))
-CSV_COLUMNS = ("aji", "aji_plus", "pq", "dq", "sq", "dice", "f1_det", "precision_det", "recall_det", "hausdorff",
-               "n_true", "n_pred")
+CSV_COLUMNS = ("aji", "aji_plus", "pq", "dq", "sq", "dice", "miou", "f1_det", "precision_det", "recall_det",
+               "hausdorff", "n_true", "n_pred")
 
 
 @dataclass
@@ -224,7 +224,8 @@ def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_id
                                           progress=False)
                 result.per_image[s.name] = scored["per_image"]
                 if pred_types is not None:
-                    result.typed[s.name] = {k: scored[k] for k in ("bpq", "mpq", "mpq_plus", "acc_type")}
+                    result.typed[s.name] = {k: scored[k] for k in ("bpq", "mpq", "mpq_plus", "acc_type",
+                                                                   "f1_det_typed", "per_class")}
                 result.megapixels += megapixels[s.name]
                 if bar is not None:
                     bar.update(1)
@@ -280,6 +281,19 @@ def markdown(results: list[ModelResult], sets: list[ImageSet], title: str) -> st
                 rows = list(r.per_image.get(s.name, {}).values())
                 cells.append(f"{_fmt(float(np.nanmean([x['aji'] for x in rows])))} / "
                              f"{_fmt(float(np.nanmean([x['pq'] for x in rows])))}" if rows else "–")
+            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    for set_name in typed_sets:
+        typed = [(r, r.typed[set_name]) for r in results if not r.error and set_name in r.typed]
+        if not typed:
+            continue
+        classes = sorted({c for _, t in typed for c in t["per_class"]}, key=lambda c: int(c))
+        lines += ["", f"Nucleus types on {set_name} (bPQ; mPQ: PanNuke's; mPQ+: CoNIC's; type accuracy and F1 per "
+                  "class of the matched nuclei):", "",
+                  "| model | bPQ | mPQ | mPQ+ | accuracy | " + " | ".join(f"F1 class {c}" for c in classes) + " |",
+                  "|---|" + "---:|" * (4 + len(classes))]
+        for r, t in typed:
+            cells = [_fmt(t[k]) for k in ("bpq", "mpq", "mpq_plus", "acc_type")]
+            cells += [_fmt(t["per_class"].get(c, {}).get("f1")) for c in classes]
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     lines += ["", "Models: " + "; ".join(f"{r.label} = `{r.model}`" for r in results), ""]
     return "\n".join(lines)

@@ -294,3 +294,60 @@ def test_qupath_reads_the_slide_geojson(trained_run, tmp_path):
     assert len(objects) == report.nuclei > 0 and all(o.is_detection for o in objects)
     assert all({"area", "perimeter", "centroid_x"} <= set(o.measurements) for o in objects)
     assert all(shapely.geometry.shape(o.geometry).is_valid for o in objects)
+
+
+def _tissue_on_glass(seed=12):
+    """A 300² synthetic tissue patch in the middle of a 640² glass slide: most tiles are background."""
+    canvas = np.full((640, 640, 3), 243, np.uint8)
+    canvas[170:470, 170:470] = synthetic_slide_image(seed=seed)
+    return canvas
+
+
+def test_tissue_mask_skips_glass_and_keeps_every_nucleus(trained_run, tmp_path):
+    """With tissue found on the thumbnail (the default) background tiles are skipped, yet the labels equal a run
+    that reads every tile: a mask mis-scaled or misplaced by a tile would lose nuclei here."""
+    image = _tissue_on_glass()
+    path = write_pyramid_tiff(tmp_path / "t.tif", image, min_size=10_000)
+    every = run_slide(path, tmp_path / "every", trained_run[0], use_tissue=False)
+    masked = run_slide(path, tmp_path / "masked", trained_run[0], use_tissue=True)
+    assert every.tissue_tiles == every.tiles == 25
+    assert 9 <= masked.tissue_tiles < masked.tiles  # the tissue spans 3-4 tiles a side; the glass border is skipped
+    assert masked.nuclei == every.nuclei > 20
+    np.testing.assert_array_equal(slide_outputs(tmp_path / "masked" / "t")[0], slide_outputs(tmp_path / "every" / "t")[0])
+
+
+def test_slide_with_defaults_equals_segment_with_defaults(trained_run, tmp_path):
+    """The README's promise with no tile or margin given: `segment-slide` and `segment` of the same pixels (larger
+    than one window, so both tile) write the same label map."""
+    from nucseg.engine.segment import segment_files
+    from nucseg.engine.slide import segment_slides
+    from nucseg.io.images import read_label, write_image
+
+    image = _tissue_on_glass(seed=13)
+    write_image(tmp_path / "flat" / "g.png", image)
+    report = segment_files([str(tmp_path / "flat")], tmp_path / "seg", str(trained_run[0]), ("labels",),
+                           progress=False)
+    assert not report.failed
+    path = write_pyramid_tiff(tmp_path / "g.tif", image, min_size=10_000)
+    slide = segment_slides([str(path)], tmp_path / "slide", str(trained_run[0]), progress=False)[0]
+    flat = read_label(tmp_path / "seg" / "labels" / "g.png")
+    assert slide.tiles > 1 and flat.max() > 20
+    np.testing.assert_array_equal(slide_outputs(tmp_path / "slide" / "g")[0], flat)
+
+
+def test_restart_discards_the_recorded_tiles(trained_run, tmp_path):
+    path = write_pyramid_tiff(tmp_path / "r.tif", synthetic_slide_image(seed=14), min_size=10_000)
+    whole = run_slide(path, tmp_path / "whole", trained_run[0])
+    seen = []
+
+    def kill_after_three(index):
+        seen.append(index)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_slide(path, tmp_path / "job", trained_run[0], on_tile=kill_after_three)
+    restarted = run_slide(path, tmp_path / "job", trained_run[0], restart=True)
+    assert restarted.resumed_tiles == 0 and restarted.nuclei == whole.nuclei
+    for a, b in zip(slide_outputs(tmp_path / "job" / "r"), slide_outputs(tmp_path / "whole" / "r")):
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
