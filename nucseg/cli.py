@@ -124,7 +124,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         from nucseg.engine.config import load_config
 
         root = load_config(config).data.root
-        title = f"nucseg compare on the validation split of {config}"
+        try:
+            shown = Path(config).resolve().relative_to(Path.cwd())
+        except ValueError:
+            shown = config
+        title = f"nucseg compare on the validation split of {shown}"
     else:
         if not (args.images and args.labels):
             raise ValueError("give --images DIR and --labels DIR (and --types DIR), or --protocol NAME")

@@ -352,3 +352,26 @@ def test_restart_discards_the_recorded_tiles(trained_run, tmp_path):
     assert restarted.resumed_tiles == 0 and restarted.nuclei == whole.nuclei
     for a, b in zip(slide_outputs(tmp_path / "job" / "r"), slide_outputs(tmp_path / "whole" / "r")):
         assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+
+
+def test_slide_csv_is_in_micrometres_when_the_resolution_is_known(trained_run, tmp_path):
+    """A 0.25 µm/px slide: nuclei.csv's areas are µm² (label-store pixels × 0.0625) and its centroids stay in
+    level-0 pixels, as the README says; the same slide without a resolution gives pixel areas."""
+    import csv
+    import io
+
+    image = synthetic_slide_image(seed=15)
+    for mpp, name in ((0.25, "um"), (None, "px")):
+        path = write_pyramid_tiff(tmp_path / f"{name}.tif", image, mpp=mpp, min_size=10_000)
+        run_slide(path, tmp_path / "out", trained_run[0])
+    labels, _, table = slide_outputs(tmp_path / "out" / "um")
+    rows = list(csv.DictReader(io.StringIO(table)))
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    pixels = dict(zip(ids.tolist(), counts.tolist()))
+    assert len(rows) == len(pixels) > 20
+    for r in rows:
+        assert float(r["area"]) == pytest.approx(pixels[int(r["id"])] * 0.25**2, abs=1e-3)
+        ys, xs = np.nonzero(labels == int(r["id"]))
+        assert float(r["centroid_x"]) == pytest.approx(xs.mean(), abs=0.01)  # level-0 pixels, not µm
+    px_rows = list(csv.DictReader(io.StringIO(slide_outputs(tmp_path / "out" / "px")[2])))
+    assert [float(r["area"]) for r in px_rows] == pytest.approx([pixels[int(r["id"])] for r in rows], abs=1e-3)
