@@ -53,8 +53,13 @@ def test_precision_bf16_runs_in_bf16_and_agrees_with_fp32(trained_run, tmp_path)
     from nucseg.io.images import read_label
     from nucseg.metrics import aji
 
-    assert Predictor.from_checkpoint(trained_run[0], precision="bf16", runtime="torch").precision == "bf16"
-    _image(tmp_path)
+    sample = _image(tmp_path)
+    bf16_predictor = Predictor.from_checkpoint(trained_run[0], precision="bf16", runtime="torch")
+    assert bf16_predictor.precision == "bf16"
+    fp32_maps = Predictor.from_checkpoint(trained_run[0], precision="fp32", runtime="torch").dense(sample.image)
+    bf16_maps = bf16_predictor.dense(sample.image)
+    for k in fp32_maps:  # computed in bf16: close to fp32, but rounded (an fp32 pass would be identical)
+        assert not np.array_equal(bf16_maps[k], fp32_maps[k]) and np.abs(bf16_maps[k] - fp32_maps[k]).max() < 0.1, k
     for precision in ("bf16", "fp32"):
         assert main(["segment", str(tmp_path / "in"), "--model", str(trained_run[0]), "--precision", precision,
                      "--runtime", "torch", "--outputs", "labels", "--out", str(tmp_path / precision)]) == 0

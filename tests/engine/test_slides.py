@@ -25,6 +25,18 @@ def run_slide(path, out, model, **kw):
     return segment_slides([str(path)], out, str(model), **kw)[0]
 
 
+def kill_after(n):
+    """An `on_tile` callback that interrupts the job after `n` recorded tiles, as a killed process would."""
+    seen = []
+
+    def callback(index):
+        seen.append(index)
+        if len(seen) == n:
+            raise KeyboardInterrupt
+
+    return callback
+
+
 def slide_outputs(job_dir):
     import zarr
 
@@ -171,15 +183,8 @@ def test_killed_job_resumes_to_the_same_result(trained_run, tmp_path):
     image = synthetic_slide_image(seed=4)
     path = write_pyramid_tiff(tmp_path / "k.tif", image, min_size=10_000)
     whole = run_slide(path, tmp_path / "whole", trained_run[0])
-    seen = []
-
-    def kill_after_four(index):
-        seen.append(index)
-        if len(seen) == 4:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_slide(path, tmp_path / "job", trained_run[0], on_tile=kill_after_four)
+        run_slide(path, tmp_path / "job", trained_run[0], on_tile=kill_after(4))
     job = tmp_path / "job" / "k"
     assert not (job / "nuclei.geojson").exists() and not (job / "labels.zarr").exists()  # no partial final files
     resumed = run_slide(path, tmp_path / "job", trained_run[0])
@@ -339,15 +344,8 @@ def test_slide_with_defaults_equals_segment_with_defaults(trained_run, tmp_path)
 def test_restart_discards_the_recorded_tiles(trained_run, tmp_path):
     path = write_pyramid_tiff(tmp_path / "r.tif", synthetic_slide_image(seed=14), min_size=10_000)
     whole = run_slide(path, tmp_path / "whole", trained_run[0])
-    seen = []
-
-    def kill_after_three(index):
-        seen.append(index)
-        if len(seen) == 3:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run_slide(path, tmp_path / "job", trained_run[0], on_tile=kill_after_three)
+        run_slide(path, tmp_path / "job", trained_run[0], on_tile=kill_after(3))
     restarted = run_slide(path, tmp_path / "job", trained_run[0], restart=True)
     assert restarted.resumed_tiles == 0 and restarted.nuclei == whole.nuclei
     for a, b in zip(slide_outputs(tmp_path / "job" / "r"), slide_outputs(tmp_path / "whole" / "r")):
