@@ -120,10 +120,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.protocol:
         if args.images or args.labels or args.types:
             raise ValueError("give --protocol or --images/--labels, not both")
-        sets, val_ids, config = protocol_sets(args.protocol, out)
-        from nucseg.engine.config import load_config
-
-        root = load_config(config).data.root
+        sets, val_ids, config, root = protocol_sets(args.protocol, out)
         try:
             shown = Path(config).resolve().relative_to(Path.cwd())
         except ValueError:

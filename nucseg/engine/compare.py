@@ -108,9 +108,10 @@ def find_protocol(protocol: str) -> Path:
                             "or give a config file's path)")
 
 
-def protocol_sets(protocol: str, out_dir: Path) -> tuple[list[ImageSet], dict[str, set[str]], Path]:
+def protocol_sets(protocol: str, out_dir: Path) -> tuple[list[ImageSet], dict[str, set[str]], Path, str]:
     """Write a protocol's validation images (as decoded for training: uint8, the config's channels) and their
-    label and type maps under OUT/data/<set>/; returns the sets, {set: validation ids} and the config's path."""
+    label and type maps under OUT/data/<set>/; returns the sets, {set: validation ids}, the config's path and its
+    data root."""
     from nucseg.data.dataset import LoadedSet
     from nucseg.engine.config import load_config
     from nucseg.io.images import write_image, write_label
@@ -137,7 +138,7 @@ def protocol_sets(protocol: str, out_dir: Path) -> tuple[list[ImageSet], dict[st
         val_ids[loaded.name] = {str(s.id) for s in loaded.samples}
     if not sets:
         raise ValueError(f"{config}: its data block has no validation images")
-    return sets, val_ids, config
+    return sets, val_ids, config, data.root
 
 
 def _training_overlap(checkpoint_cfg, val_ids: dict[str, set[str]], data_root: str) -> str:
@@ -166,11 +167,16 @@ def _training_overlap(checkpoint_cfg, val_ids: dict[str, set[str]], data_root: s
     return "; ".join(notes)
 
 
-def _parameters(model_file) -> int:
+def _parameters(model_file, ckpt: dict) -> int:
     from nucseg.engine.checkpoints import build_from_checkpoint
 
-    _, net, _ = build_from_checkpoint(model_file)
+    _, net, _ = build_from_checkpoint(model_file, ckpt)
     return int(sum(p.numel() for p in net.parameters()))
+
+
+def _megapixels(report) -> float:
+    """Megapixels of the images a `segment_files` report covers, from its rows' W×H (no second decode)."""
+    return sum(int(w) * int(h) for w, h in (r["size"].split("×") for r in report.rows)) / 1e6
 
 
 def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_ids: dict[str, set[str]] | None = None,
@@ -178,17 +184,13 @@ def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_id
             runtime: str | None = None, threads: int = 0, progress: bool = True) -> list[ModelResult]:
     """Segment every set with every model and score it; failures are kept in the result, never raised."""
     from nucseg.engine.checkpoints import load_checkpoint, method_from_checkpoint, resolve_checkpoint_file
-    from nucseg.engine.segment import AUTO, resolve_model, segment_files
-    from nucseg.io.images import IMAGE_EXTENSIONS, read_image
+    from nucseg.engine.segment import AUTO, collect_inputs, resolve_model, segment_files
     from nucseg.metrics.evaluate import evaluate_folders
 
     out_dir = Path(out_dir)
-    megapixels = {}
     for s in sets:
-        files = sorted(f for f in Path(s.images).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
+        if not collect_inputs([str(s.images)]):
             raise ValueError(f"{s.images}: no images (png/jpg/tif)")
-        megapixels[s.name] = sum(float(np.prod(read_image(f).shape[:2])) for f in files) / 1e6
     results = []
     labels = _unique_labels(models)
     bar = None
@@ -203,9 +205,10 @@ def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_id
             resolved = resolve_model(model)
             if resolved != AUTO:
                 model_file = resolve_checkpoint_file(resolved)
-                result.parameters = _parameters(model_file)
+                ckpt = load_checkpoint(model_file)
+                result.parameters = _parameters(model_file, ckpt)
                 if val_ids:
-                    _, ckpt_cfg = method_from_checkpoint(model_file, load_checkpoint(model_file))
+                    _, ckpt_cfg = method_from_checkpoint(model_file, ckpt)
                     result.note = _training_overlap(ckpt_cfg, val_ids, data_root)
             else:
                 result.note = "he or fluo per image"
@@ -226,7 +229,7 @@ def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_id
                 if pred_types is not None:
                     result.typed[s.name] = {k: scored[k] for k in ("bpq", "mpq", "mpq_plus", "acc_type",
                                                                    "f1_det_typed", "per_class")}
-                result.megapixels += megapixels[s.name]
+                result.megapixels += _megapixels(report)
                 if bar is not None:
                     bar.update(1)
         except Exception as exc:  # report it and go on with the next model
