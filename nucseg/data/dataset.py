@@ -238,6 +238,13 @@ class PatchDataset:
                 if ds.foreground_only and not ds.required:
                     print(f"data: {ds.name} (nucleus masks only) left out: this method cannot train on masks")
             loaded = [(ds, w) for ds, w in loaded if not (ds.foreground_only and not ds.required)]
+        elif data_cfg.keep_fraction < 1.0 and split == "train":
+            # a mask of every nucleus would undo the partial labels: an optional mask-only set is left out
+            for ds, _ in loaded:
+                if ds.foreground_only and not ds.required:
+                    print(f"data: {ds.name} (nucleus masks only) left out: it would label every nucleus, "
+                          f"where data.keep_fraction is {data_cfg.keep_fraction}")
+            loaded = [(ds, w) for ds, w in loaded if not (ds.foreground_only and not ds.required)]
         if not loaded:
             raise ValueError("no training images: check data.sets and data.root")
         self.sets = [ds for ds, _ in loaded]

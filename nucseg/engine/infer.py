@@ -153,17 +153,21 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta and self.method.blendable else [()]
         acc: dict[str, torch.Tensor] = {}
+        count: dict[str, int] = {}
         with autocast(self.device, self.precision):
-            for dims in flips:
+            for dims in flips:  # the identity first: every map has at least that pass
                 xi = torch.flip(x, dims) if dims else x
                 if self._openvino is not None:
                     out = self._openvino(xi)
                 else:
                     out = self.method.predict_dense(self.model, xi)
                 for k, v in out.items():
-                    v = torch.flip(v.float(), dims) if dims else v.float()
+                    v = self.method.unflip(k, v.float(), dims) if dims else v.float()
+                    if v is None:  # a map flips cannot be averaged for (the method says)
+                        continue
                     acc[k] = acc[k] + v if k in acc else v
-        return {k: (v / len(flips)).cpu().numpy() for k, v in acc.items()}
+                    count[k] = count.get(k, 0) + 1
+        return {k: (v / count[k]).cpu().numpy() for k, v in acc.items()}
 
     def dense(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Blended dense maps {name: C×H×W float32} of a whole H×W×C image."""

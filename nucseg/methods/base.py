@@ -114,6 +114,12 @@ class Method:
         """Dense per-pixel maps (probabilities, distances) to blend across windows. Default: the model's outputs."""
         return model(images)
 
+    def unflip(self, name: str, value: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+        """Test-time flips: map `name` predicted on an image flipped along `dims`, brought back to the unflipped
+        image's frame; None leaves the map out of the average (it is taken from the unflipped pass alone).
+        Default: flipped back, right for scalar maps (probabilities, distances)."""
+        return torch.flip(value, dims)
+
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
         raise NotImplementedError
 

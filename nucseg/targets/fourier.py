@@ -1,17 +1,18 @@
 """Fourier guide masks (FrGNet, Sec. 3.3 and Fig. 4): where nuclei are, from the image alone, without training.
 
     grey image -> 2-D FFT -> shift the zero frequency to the centre -> zero a disc of radius R there (R = 1) ->
-    inverse FFT -> magnitude -> min-max normalise to [0, 1]                                   = soft guide
-    training target = clip(soft guide + binary annotated mask, 0, 1); hard guide = soft guide > threshold
+    inverse FFT -> one side (or the magnitude) -> min-max normalise to [0, 1]                = soft guide
+    training target = clip(soft guide + binary annotated mask, 0, 1); hard: (soft guide > threshold) | mask
 
 Removing the lowest frequencies removes the slowly varying stain and illumination, so what is left is large where a
-pixel departs from its surroundings: dense, dark hematoxylin nuclei most of all. The paper takes the magnitude
-(`polarity="abs"`), which also lights up bright spots (lumina, fat, glass) as much as dark ones of the same
-contrast; `polarity="dark"` keeps only the side darker than the filtered mean (or brighter, for fluorescence), a
-choice this reimplementation adds and measures (docs/frgnet.md; `"auto"` picks dark or bright from the
-background). Mean ROC AUC of the soft guide against the nucleus masks of the first six images of each set: MoNuSeg
-abs 0.707, dark 0.876; CPM-15 abs 0.778, dark 0.867; DSB2018 abs 0.928. The grey image is the luminance for RGB and the
-single channel otherwise. Pure numpy; it runs in data-loader workers.
+pixel departs from its surroundings: dense, dark hematoxylin nuclei most of all. The disc is symmetric about the zero
+frequency, so the inverse transform of a real image is real and signed; the paper normalises it to [0, 1] without
+saying how its sign is treated. `polarity="abs"` takes the magnitude, which lights up bright spots (lumina, fat,
+glass) as much as dark nuclei of the same contrast; `"dark"` keeps the side darker than the filtered mean, `"bright"`
+the brighter side (fluorescence), `"auto"` picks dark or bright from the background. Mean ROC AUC of the soft guide
+against the nucleus masks of the first six images of each set (docs/frgnet.md): MoNuSeg abs 0.707, dark 0.876;
+CPM-15 abs 0.778, dark 0.867; DSB2018 abs 0.928. The grey image is the luminance for RGB and the single channel
+otherwise. Pure numpy; it runs in data-loader workers.
 """
 
 from __future__ import annotations
@@ -55,15 +56,21 @@ def fourier_guide(image: np.ndarray, radius: float = 1.0, polarity: str = "abs")
 
 def guide_target(image: np.ndarray, labels: np.ndarray, kind: str = "soft", radius: float = 1.0,
                  polarity: str = "abs", hard_threshold: float | None = None) -> np.ndarray:
-    """FrGNet's guide-head target: soft guide + annotated nuclei, clipped to [0, 1] (`kind="soft"`), or that soft
-    guide binarised (`"hard"`: at `hard_threshold`, Otsu's threshold of the soft guide when None)."""
-    soft = np.clip(fourier_guide(image, radius, polarity) + (labels > 0), 0, 1).astype(np.float32)
+    """FrGNet's guide-head target: the Fourier guide + the annotated nuclei, clipped to [0, 1] (`kind="soft"`), or
+    the binarised Fourier guide + the annotated nuclei (`"hard"`: the guide thresholded at `hard_threshold`, Otsu's
+    threshold of the guide itself when None).
+
+    The hard guide binarises the Fourier guide before the annotations are added. Binarising their sum instead
+    (Otsu on soft guide + mask) puts the threshold between the guide's values and the mask's 1s and leaves little but
+    the annotation: no prior where nuclei are unannotated, which is what the hard guide is for (Table 2)."""
+    guide = fourier_guide(image, radius, polarity)
+    mask = labels > 0
     if kind == "soft":
-        return soft
+        return np.clip(guide + mask, 0, 1).astype(np.float32)
     if kind != "hard":
         raise ValueError(f"guide kind must be soft or hard, not '{kind}'")
     if hard_threshold is None:
         from skimage.filters import threshold_otsu
 
-        hard_threshold = float(threshold_otsu(soft)) if soft.max() > soft.min() else 0.5
-    return (soft > hard_threshold).astype(np.float32)
+        hard_threshold = float(threshold_otsu(guide)) if guide.max() > guide.min() else 0.5
+    return ((guide > hard_threshold) | mask).astype(np.float32)

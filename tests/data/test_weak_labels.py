@@ -99,3 +99,20 @@ def test_init_weights_loads_matching_tensors(tmp_path):
     assert torch.equal(fresh.decoder[0].conv[0][0].weight, before)  # the decoder keeps its own initialisation
     assert all(torch.equal(a, b) for a, b in zip(fresh.encoder.state_dict().values(),
                                                  source.encoder.state_dict().values()))
+
+
+def test_partial_labels_leave_out_an_optional_mask_set(synthetic_set, weak_set, capsys):
+    """A mask of every nucleus would undo `keep_fraction`: a protocol's optional mask-only set is left out with a
+    note, a required one stays (the user asked for it)."""
+    m = unet()
+    sets = [SetConfig(str(synthetic_set)), SetConfig(str(weak_set), annotation="foreground", required=False)]
+    cfg = DataConfig(sets=sets, patch_size=48, target_margin=8, keep_fraction=0.3)
+    ds = PatchDataset(cfg, m.targets, 4, foreground_targets_fn=m.foreground_targets)
+    assert [s.name for s in ds.sets] == [synthetic_set.name]
+    assert "left out" in capsys.readouterr().out
+    sets[1].required = True
+    ds = PatchDataset(cfg, m.targets, 4, foreground_targets_fn=m.foreground_targets)
+    assert len(ds.sets) == 2
+    cfg.keep_fraction = 1.0
+    sets[1].required = False
+    assert len(PatchDataset(cfg, m.targets, 4, foreground_targets_fn=m.foreground_targets).sets) == 2

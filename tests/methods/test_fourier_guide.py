@@ -67,3 +67,17 @@ def test_training_free_method_segments_synthetic_nuclei():
     guide = fourier_guide(s.image, polarity="auto")
     inst = method.postprocess({"guide": guide[None]})
     assert abs(len(np.unique(inst.labels)) - 1 - 16) <= 6 and aji(s.instances, inst.labels) > 0.4
+
+
+def test_the_hard_guide_carries_the_prior_where_nuclei_are_unannotated():
+    """Hard = binarised Fourier guide joined with the mask: with no annotation at all it still marks the nuclei
+    (binarising guide + mask by Otsu would leave little but the mask)."""
+    s = synthetic_sample(128, 20, seed=3)
+    hard = guide_target(s.image, np.zeros_like(s.instances), "hard", polarity="dark")
+    nuclei = s.instances > 0
+    assert hard[nuclei].mean() > 0.5 and hard[~nuclei].mean() < 0.2
+    # half the nuclei annotated: the other half is still marked
+    half = np.where(s.instances % 2 == 0, s.instances, 0)
+    hard = guide_target(s.image, half, "hard", polarity="dark")
+    unannotated = (s.instances > 0) & (half == 0)
+    assert (hard[half > 0] == 1).all() and hard[unannotated].mean() > 0.5
