@@ -77,7 +77,7 @@ def main() -> int:
         print("| setting | pred/true | predicted | annotated | precision | recall | AJI | PQ |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
 
-        def row(name):
+        def row(name, cached=cached):
             r = score_rows(method, cached)
             print(f"| {name} | {r['pred/true']:.2f} | {r['n_pred']} | {r['n_true']} | {r['precision']:.3f} | "
                   f"{r['recall']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} |")
