@@ -80,8 +80,8 @@ def method_from_checkpoint(path: str | Path, ckpt: dict | None = None):
     cfg = config_from_yaml(ckpt["config"])
     model_cfg = dict(cfg.model) if isinstance(cfg.model, dict) else cfg.model
     if isinstance(model_cfg, dict):
-        for key in model_cfg:  # the checkpoint holds the trained weights: never read the files they came from
-            if key.endswith("_weights") or key.endswith("_cache"):
+        for key, value in model_cfg.items():  # the checkpoint holds the trained weights: never read their files
+            if isinstance(value, str) and (key.endswith("_weights") or key.endswith("_cache")):
                 model_cfg[key] = None
     return get_method(cfg.method)(model_cfg), cfg
 

@@ -72,14 +72,17 @@ class OpenVINODense:
 
     def __init__(self, method, model: nn.Module, channels: int, key: str | None = None, threads: int | None = None):
         model = model.eval()
-        probe = torch.rand(1, channels, 64, 64, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        # the export's example size and another, not square: a size traced into the graph as a number shows
+        probes = [torch.rand(1, channels, 64, 64, generator=generator),
+                  torch.rand(1, channels, 96, 160, generator=generator)]
         with torch.no_grad():
-            reference = method.predict_dense(model, probe)
-        keys = sorted(reference)
+            references = [method.predict_dense(model, p) for p in probes]
+        keys = sorted(references[0])
         wrapped = _DenseOutputs(method, model, keys).eval()
         path = cache_path(key or weights_key(method, model, channels))
         if not path.is_file():
-            self._export_checked(wrapped, probe, reference, channels, path, threads)
+            self._export_checked(wrapped, probes, references, channels, path, threads)
         self._compile(path, threads)
 
     @classmethod
@@ -126,7 +129,7 @@ class OpenVINODense:
             self.by_shape.popitem(last=False)
         return compiled
 
-    def _export_checked(self, wrapped, probe, reference, channels: int, path: Path, threads) -> None:
+    def _export_checked(self, wrapped, probes, references, channels: int, path: Path, threads) -> None:
         failed = path.with_suffix(".failed")  # a model that cannot export is not retried at every start
         if failed.is_file():
             raise RuntimeError(f"export failed before ({failed}): {failed.read_text().strip()}")
@@ -143,10 +146,13 @@ class OpenVINODense:
             raise
         try:
             self._compile(tmp, threads)
-            got = self(probe)
-            diff = max(float((got[k] - reference[k].float()).abs().max()) for k in reference)
-            if not diff <= _TOLERANCE:
-                raise RuntimeError(f"OpenVINO outputs differ from torch by {diff:.2e} (tolerance {_TOLERANCE})")
+            for probe, reference in zip(probes, references):
+                got = self(probe)
+                diff = max(float((got[k] - reference[k].float()).abs().max()) for k in reference)
+                if not diff <= _TOLERANCE:
+                    size = "×".join(str(d) for d in probe.shape[-2:])
+                    raise RuntimeError(f"OpenVINO outputs differ from torch by {diff:.2e} on a {size} input "
+                                       f"(tolerance {_TOLERANCE})")
         except Exception:
             tmp.unlink(missing_ok=True)
             raise

@@ -79,6 +79,8 @@ def test_icw_and_aglu_gradients():
 @pytest.mark.parametrize("switches", [
     {}, {"use_asr": False}, {"icw_iterations": 0}, {"icw_iterations": 1}, {"icw_iterations": 4},
     {"closed_loop": False}, {"use_lsgr": False}, {"aglu_per_channel": True},
+    {"uncertainty": "attention"}, {"uncertainty": "none", "refresh_context": False}, {"output_stride": 2},
+    {"window": "hamming", "asr_mix": True, "loop_fusion": False},
     {"weight_uncertainty": 0.0, "weight_tri": 0.0}, {"weight_fg": 0.0, "weight_bg": 0.0, "weight_distance": 0.0},
 ])
 def test_every_ablation_builds_runs_and_backpropagates(switches):
@@ -152,3 +154,79 @@ def test_segment_with_weaveseg_run_dir(synthetic_set, tmp_path):
                  str(tmp_path / "o3")]) == 2  # a WeaveSeg checkpoint is not a U-Net
     # a method name with no shipped weights needs --checkpoint (`--model weaveseg` alone uses weaveseg.pt)
     assert main(["segment", str(tmp_path / "in"), "--model", "unet", "--out", str(tmp_path / "o4")]) == 2
+
+
+# --- #26: faithful to the paper ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["update", "attention"])
+def test_the_uncertainty_context_changes_icw(mode):
+    """Sec. 3.3: every ICW iteration takes S^u; with `uncertainty: none` it does not."""
+    torch.manual_seed(0)
+    x, f, b = torch.randn(1, 16, 12, 12), torch.randn(1, 8, 12, 12), torch.randn(1, 8, 12, 12)
+    u1, u2 = torch.randn(1, 8, 12, 12), torch.randn(1, 8, 12, 12)
+    step = ICWIteration(16, 8, uncertainty=mode).eval()
+    for p in step.parameters():  # off the zero-ish start
+        torch.nn.init.normal_(p, 0, 0.3) if p.dim() > 1 else None
+    assert not torch.allclose(step(x, f, b, u1), step(x, f, b, u2))
+    off = ICWIteration(16, 8, uncertainty="none").eval()
+    assert torch.equal(off(x, f, b, u1), off(x, f, b, u2))
+
+
+def test_the_network_feeds_refreshed_uncertainty_context_to_icw():
+    """Changing the decoupling branch's S^u channels changes the mask output (it reaches ICW), not only the
+    uncertainty head."""
+    torch.manual_seed(0)
+    net = get_method("weaveseg")({**TINY, "icw_iterations": 2}).build_model().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base = net(x)["mask"]
+        conv = net.decouple[0]
+        ctx = conv.out_channels // 3
+        conv.weight[2 * ctx :] += 0.5 * torch.randn_like(conv.weight[2 * ctx :])  # the S^u third only
+        assert not torch.allclose(net(x)["mask"], base, atol=1e-5)
+
+
+def test_a_box_filter_asr_kernel_is_reachable():
+    """A uniform softmax is a box filter (no window); with the Hamming window of the earlier version the same
+    logits keep most of the weight on the centre tap."""
+    from nucseg.methods.weaveseg.modules import AdaptiveKernel
+
+    for k in (3, 5):
+        kernel = AdaptiveKernel(4, k)
+        torch.nn.init.zeros_(kernel.conv.weight)
+        torch.nn.init.zeros_(kernel.conv.bias)
+        out = kernel(torch.randn(1, 4, 6, 6))
+        torch.testing.assert_close(out, torch.full_like(out, 1 / k**2))
+    windowed = AdaptiveKernel(4, 3, window="hamming")
+    torch.nn.init.zeros_(windowed.conv.weight)
+    torch.nn.init.zeros_(windowed.conv.bias)
+    assert windowed(torch.randn(1, 4, 6, 6))[0, 4].min() > 0.7  # the centre tap
+
+
+def test_targets_honour_their_config_keys():
+    from nucseg.data.synthetic import synthetic_sample
+
+    labels = synthetic_sample(96, 14, radius=(7, 11), touching=0.4, seed=2).instances
+    base = get_method("weaveseg")(TINY).targets(labels)
+    for key, value, changed in [("boundary_width", 1, {"trilateral", "uncertainty"}),
+                                ("certain_erode", 1, {"fg", "uncertainty"}),
+                                ("certain_dilate", 2, {"bg", "uncertainty"})]:
+        other = get_method("weaveseg")({**TINY, key: value}).targets(labels)
+        differs = {k for k in base if not np.array_equal(base[k], other[k])}
+        assert differs == changed, (key, differs)
+
+
+def test_seeds_avoid_uncertain_pixels_when_asked():
+    from nucseg.data.synthetic import synthetic_sample
+    from nucseg.metrics import aji
+
+    s = synthetic_sample(128, 24, radius=(7, 10), touching=0.6, seed=3)
+    method = get_method("weaveseg")({**TINY, "min_area": 4, "min_marker_area": 1})
+    t = method.targets(s.instances)
+    dense = {"mask": t["mask"], "tri": np.eye(3, dtype=np.float32)[t["trilateral"]].transpose(2, 0, 1),
+             "distance": t["distance"], "uncertainty": np.ones_like(t["mask"])}
+    seeded = method.postprocess(dense).labels
+    assert aji(s.instances, seeded) > 0.7
+    method.config.uncertainty_threshold = 0.5  # everything uncertain: no seeds, touching nuclei merge
+    assert aji(s.instances, method.postprocess(dense).labels) < aji(s.instances, seeded) - 0.05

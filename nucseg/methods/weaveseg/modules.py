@@ -4,11 +4,15 @@ for Nuclei Instance Segmentation"): ASR with LSGR (Sec. 3.2, eqs. 1-4), and ICW 
 
 The paper publishes no code. Where it is vague we follow its cited sources and say so:
 - ASR's adaptive low-pass filter (eq. 1) is a content-generated K×K kernel per output pixel, softmax-normalised (so
-  it is a true low-pass: non-negative, summing to 1) and modulated by a Hamming window, applied to F_high's K×K
-  neighbourhood for each of the 2×2 output sub-pixels. That is eq. 1's "depth-wise conv + pixel shuffle", written as
-  CARAFE/FreqFusion (ref. [4]) do.
+  it is a true low-pass: non-negative, summing to 1), applied to F_high's K×K neighbourhood for each of the 2×2
+  output sub-pixels. That is eq. 1's "depth-wise conv + pixel shuffle", written as CARAFE/FreqFusion (ref. [4]) do.
+  The paper's Hamming window is "implicit ... due to localized convolution": no window multiplies the kernel by
+  default (`window="none"`), so a uniform softmax is a box filter. `window="hamming"` multiplies by the K×K Hamming
+  window as an earlier version did; at K = 3 that keeps ~74 % of the weight on the centre tap at a uniform softmax
+  (a corner tap needs +5 nats to reach a box filter), so ASR was close to nearest up-sampling.
 - The "mirrored" high-pass branch is identity minus an adaptive low-pass of F_low (FreqFusion's construction), and
-  the enhanced map is F_low + HP(F_low).
+  the enhanced map is F_low + HP(F_low). Eq. 4 is the sum of the two branches; `mix=True` adds the 3×3
+  conv-BN-ReLU an earlier version put after it.
 - LSGR (eqs. 2-3): cosine similarity of each pixel of F_comb with its 8 neighbours, concatenated with F_comb, a 3×3
   conv predicting G (x, y) offset pairs (zero-initialised: training starts from plain resampling), bilinear
   grid-sampling of each channel group of the low-passed map.
@@ -16,6 +20,10 @@ The paper publishes no code. Where it is vague we follow its cited sources and s
   resolution, and w_f, w_b are learnable vectors (1×1 convs without bias) reducing them to one logit per pixel;
   padding outside the image is masked out of the softmax, so the weights sum to 1 over every window.
 - AGLU (eq. 9) has scalar κ and λ by default (the paper plots one value of each), per-channel as an option.
+- S^u in ICW (Sec. 3.3 gives each iteration S^f, S^b and S^u, but eqs. 6-10 use only S^f and S^b): by default
+  (`uncertainty="update"`) the iteration's update (eq. 10) is scaled by 1 + σ(w_u·S^u), so the weaving acts most
+  where the decoupling branch is uncertain, the paper's "targeted contrast enhancement in ambiguous boundary areas";
+  `"attention"` adds w_u·S^u to eq. 8's logits instead; `"none"` leaves S^u out of ICW.
 """
 
 from __future__ import annotations
@@ -74,16 +82,23 @@ def local_cosine_similarity(x: torch.Tensor) -> torch.Tensor:
 
 
 class AdaptiveKernel(nn.Module):
-    """Generates a normalised, Hamming-modulated k×k low-pass kernel per pixel from features."""
+    """Generates a normalised k×k low-pass kernel per pixel from features (softmax over the k² taps), optionally
+    multiplied by a Hamming window (`window="hamming"`) and renormalised."""
 
-    def __init__(self, cin: int, k: int):
+    def __init__(self, cin: int, k: int, window: str = "none"):
         super().__init__()
+        if window not in ("none", "hamming"):
+            raise ValueError(f"ASR window must be none or hamming, not '{window}'")
         self.k = k
         self.conv = nn.Conv2d(cin, k * k, 3, padding=1)
+        self.windowed = window == "hamming"
         self.register_buffer("window", hamming2d(k).view(1, k * k, 1, 1), persistent=False)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        kernel = self.conv(feat).float().softmax(dim=1) * self.window
+        kernel = self.conv(feat).float().softmax(dim=1)
+        if not self.windowed:
+            return kernel
+        kernel = kernel * self.window
         return kernel / kernel.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
 
@@ -106,12 +121,13 @@ class LSGR(nn.Module):
         n, c, h, w = x.shape
         g = self.groups
         off = self.offsets(comb).float().reshape(n * g, 2, h, w)
-        ys = torch.linspace(-1, 1, h, device=x.device)
-        xs = torch.linspace(-1, 1, w, device=x.device)
-        base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
-        scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device)
-        grid = base.unsqueeze(0) + off.permute(0, 2, 3, 1) * scale
-        sampled = F.grid_sample(x.float().reshape(n * g, c // g, h, w), grid, mode="bilinear",
+        # pixel coordinates from cumulative sums, not from the sizes as numbers: an exported graph then holds no
+        # size of the example it was traced on
+        ones = torch.ones_like(off[:, :1])
+        px, py = ones.cumsum(-1) - 1, ones.cumsum(-2) - 1
+        span_x, span_y = px[..., -1:].clamp(min=1), py[..., -1:, :].clamp(min=1)  # w - 1, h - 1
+        grid = torch.cat([(px + off[:, :1]) / span_x, (py + off[:, 1:]) / span_y], 1) * 2 - 1
+        sampled = F.grid_sample(x.float().reshape(n * g, c // g, h, w), grid.permute(0, 2, 3, 1), mode="bilinear",
                                 padding_mode="border", align_corners=True)
         return sampled.reshape(n, c, h, w).to(x.dtype)
 
@@ -119,29 +135,36 @@ class LSGR(nn.Module):
 class ASR(nn.Module):
     """Adaptive Spectral detail Refinement: fuse a deep F_high (C, H, W) with a shallow F_low (C, 2H, 2W) (eq. 4)."""
 
+    # F_low is twice F_high's size (decoder levels); a fixed factor keeps the graph static for ONNX export
+    SCALE = 2
+
     def __init__(self, channels: int, lowpass_kernel: int = 3, highpass_kernel: int = 3, groups: int = 4,
-                 comb_channels: int = 32, use_lsgr: bool = True):
+                 comb_channels: int = 32, use_lsgr: bool = True, window: str = "none", mix: bool = False):
         super().__init__()
         if channels % groups:
             raise ValueError(f"ASR channels ({channels}) must be divisible by LSGR groups ({groups})")
         self.kl, self.kh = lowpass_kernel, highpass_kernel
         self.comb = nn.Sequential(nn.Conv2d(2 * channels, comb_channels, 1), nn.ReLU(True))
-        self.lowpass = AdaptiveKernel(comb_channels, lowpass_kernel)
-        self.highpass = AdaptiveKernel(comb_channels, highpass_kernel)
+        self.lowpass = AdaptiveKernel(comb_channels, lowpass_kernel, window)
+        self.highpass = AdaptiveKernel(comb_channels, highpass_kernel, window)
         self.lsgr = LSGR(comb_channels, groups) if use_lsgr else None
-        self.fuse = conv_bn_relu(channels, channels)
+        self.fuse = conv_bn_relu(channels, channels) if mix else None
 
     def forward(self, f_high: torch.Tensor, f_low: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(f_high, size=f_low.shape[-2:], mode="nearest")
+        size = f_low.shape[-2:]
+        up = F.interpolate(f_high, size=size, mode="nearest")
         comb = self.comb(torch.cat([up, f_low], dim=1))
-        scale = f_low.shape[-1] // f_high.shape[-1]
-        lp = apply_local_kernel(f_high.float(), self.lowpass(comb), self.kl, scale)  # eq. 1
-        if lp.shape[-2:] != f_low.shape[-2:]:
-            lp = F.interpolate(lp, size=f_low.shape[-2:], mode="bilinear", align_corners=False)
+        # the kernel is generated at F_low's resolution; on odd sizes F_high·2 overhangs F_low by a pixel
+        hh, hw = 2 * f_high.shape[-2], 2 * f_high.shape[-1]
+        kernel = self.lowpass(comb)
+        if kernel.shape[-2:] != (hh, hw):
+            kernel = F.pad(kernel, (0, hw - kernel.shape[-1], 0, hh - kernel.shape[-2]), mode="replicate")
+        lp = apply_local_kernel(f_high.float(), kernel, self.kl, self.SCALE)[..., : size[0], : size[1]]  # eq. 1
         resampled = self.lsgr(lp, comb) if self.lsgr is not None else lp  # eqs. 2-3
         smooth_low = apply_local_kernel(f_low.float(), self.highpass(comb), self.kh, 1)
         low_hf = f_low.float() + (f_low.float() - smooth_low)  # adaptive high-pass, added back
-        return self.fuse((resampled + low_hf).to(f_low.dtype))  # eq. 4, then a 3×3 conv to mix
+        out = (resampled + low_hf).to(f_low.dtype)  # eq. 4
+        return self.fuse(out) if self.fuse is not None else out
 
 
 class PlainFusion(nn.Module):
@@ -177,25 +200,30 @@ class DenseBlock(nn.Module):
 class ContrastiveAttention(nn.Module):
     """Eqs. 6-8: values (W_v F) averaged over a K×K window with weights softmax(w_f·S^f↓ − w_b·S^b↓)."""
 
-    def __init__(self, channels: int, context_channels: int, window: int = 5):
+    def __init__(self, channels: int, context_channels: int, window: int = 5, use_uncertainty: bool = False):
         super().__init__()
         self.k = window
         self.value = nn.Conv2d(channels, channels, 1)  # W_v, eq. 7
         self.w_f = nn.Conv2d(context_channels, 1, 1, bias=False)
         self.w_b = nn.Conv2d(context_channels, 1, 1, bias=False)
+        self.w_u = nn.Conv2d(context_channels, 1, 1, bias=False) if use_uncertainty else None
 
-    def weights(self, ctx_f: torch.Tensor, ctx_b: torch.Tensor) -> torch.Tensor:
+    def weights(self, ctx_f: torch.Tensor, ctx_b: torch.Tensor, ctx_u: torch.Tensor | None = None) -> torch.Tensor:
         """(N, K², H, W) attention weights; each window's weights sum to 1 (padding excluded)."""
-        k = self.k
-        n, _, h, w = ctx_f.shape
-        logits = (self.w_f(ctx_f) - self.w_b(ctx_b)).float()
-        unf = F.unfold(logits, k, padding=k // 2).view(n, k * k, h, w)
-        inside = F.unfold(torch.ones(1, 1, h, w, device=logits.device), k, padding=k // 2).view(1, k * k, h, w)
-        return unf.masked_fill(inside == 0, float("-inf")).softmax(dim=1)
+        k, r = self.k, self.k // 2
+        h, w = ctx_f.shape[-2:]
+        logits = self.w_f(ctx_f) - self.w_b(ctx_b)
+        if self.w_u is not None and ctx_u is not None:
+            logits = logits + self.w_u(ctx_u)
+        # -inf outside the image: padding takes no weight; the taps in apply_local_kernel's order
+        padded = F.pad(logits.float(), (r, r, r, r), value=float("-inf"))
+        taps = [padded[:, 0, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)]
+        return torch.stack(taps, 1).softmax(dim=1)
 
-    def forward(self, x: torch.Tensor, ctx_f: torch.Tensor, ctx_b: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx_f: torch.Tensor, ctx_b: torch.Tensor,
+                ctx_u: torch.Tensor | None = None) -> torch.Tensor:
         v = self.value(x).float()
-        return apply_local_kernel(v, self.weights(ctx_f, ctx_b), self.k, 1).to(x.dtype)
+        return apply_local_kernel(v, self.weights(ctx_f, ctx_b, ctx_u), self.k, 1).to(x.dtype)
 
 
 class AGLU(nn.Module):
@@ -213,15 +241,27 @@ class AGLU(nn.Module):
         return x * torch.sigmoid(kappa * x + lam)
 
 
+UNCERTAINTY_MODES = ("update", "attention", "none")
+
+
 class ICWIteration(nn.Module):
-    """One contrast-weaving step (eqs. 5-10): dense block, contrastive attention, AGLU gate, residual update."""
+    """One contrast-weaving step (eqs. 5-10): dense block, contrastive attention, AGLU gate, residual update; S^u
+    scales the update (`uncertainty="update"`), enters the attention logits ("attention") or is unused ("none")."""
 
     def __init__(self, channels: int, context_channels: int, window: int = 5, dense_layers: int = 3,
-                 growth: int = 16, aglu_per_channel: bool = False):
+                 growth: int = 16, aglu_per_channel: bool = False, uncertainty: str = "update"):
         super().__init__()
+        if uncertainty not in UNCERTAINTY_MODES:
+            raise ValueError(f"ICW uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}, not '{uncertainty}'")
+        self.uncertainty = uncertainty
         self.dense = DenseBlock(channels, dense_layers, growth)
-        self.attention = ContrastiveAttention(channels, context_channels, window)
+        self.attention = ContrastiveAttention(channels, context_channels, window, uncertainty == "attention")
         self.gate = AGLU(channels, aglu_per_channel)
+        self.w_u = nn.Conv2d(context_channels, 1, 1) if uncertainty == "update" else None
 
-    def forward(self, x: torch.Tensor, ctx_f: torch.Tensor, ctx_b: torch.Tensor) -> torch.Tensor:
-        return x + self.gate(self.attention(self.dense(x), ctx_f, ctx_b))
+    def forward(self, x: torch.Tensor, ctx_f: torch.Tensor, ctx_b: torch.Tensor,
+                ctx_u: torch.Tensor | None = None) -> torch.Tensor:
+        update = self.gate(self.attention(self.dense(x), ctx_f, ctx_b, ctx_u))
+        if self.w_u is not None and ctx_u is not None:
+            update = update * (1 + torch.sigmoid(self.w_u(ctx_u)))
+        return x + update
