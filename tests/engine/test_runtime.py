@@ -140,3 +140,47 @@ def test_an_export_that_differs_from_torch_is_rejected(tmp_path, monkeypatch):
     # the same model without the tracer trap exports, checks and is cached
     assert Predictor(method, model, InferConfig(window=64), runtime="openvino").runtime == "openvino"
     assert len(list((tmp_path / "openvino").glob("*.onnx"))) == 1
+
+
+class _TracedSize(torch.nn.Module):
+    """A model that turns its input's width into a Python number: the tracer keeps the export input's width, so
+    the export agrees with torch at that size only (a fault of WeaveSeg's first ASR and LSGR)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        width = max(int(x.shape[-1]), 1)
+        return {k: v + 0.1 * (width - 64) for k, v in self.inner(x).items()}
+
+
+def test_an_export_right_only_at_its_example_size_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    method, model = tiny_unet()
+    with pytest.warns(UserWarning, match="differ from torch by .* on a 96×160 input"):
+        p = Predictor(method, _TracedSize(model), InferConfig(window=64, fold_batchnorm=False), runtime="openvino")
+    assert p.runtime == "torch"
+
+
+@pytest.mark.parametrize("name", ["weaveseg", "frgnet"])
+def test_methods_with_local_kernels_and_contours_run_on_openvino(name, tmp_path, monkeypatch):
+    """WeaveSeg (ASR, LSGR, windowed attention) and FrGNet export; on an image of no multiple of 32 their maps
+    equal torch's."""
+    monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
+    tiny = {"weaveseg": {"encoder": "test_efficientnet", "channels": 16, "context_channels": 8, "dense_growth": 8,
+                         "dense_layers": 2, "lsgr_groups": 2, "icw_iterations": 2},
+            "frgnet": {"encoder": "test_efficientnet", "decoder_channels": [16, 16, 8, 8, 8], "order": 4}}[name]
+    method = get_method(name)(tiny)
+    torch.manual_seed(0)
+    model = method.build_model()
+    for p in model.parameters():  # off the zero starts (LSGR offsets, GARU), so every path carries signal
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, 0, 0.05)
+    image = synthetic_sample(150, 12, seed=4).image
+    cfg = InferConfig(window=128, overlap=32)
+    fast = Predictor(method, model, cfg, runtime="openvino")
+    assert fast.runtime == "openvino"
+    a, b = fast.dense(image), Predictor(method, model, cfg, runtime="torch").dense(image)
+    for k in b:
+        assert np.abs(a[k] - b[k]).max() < 1e-3, k
