@@ -64,6 +64,9 @@ class DataConfig:
     val_max_images: int = 6  # per set, to keep validation quick
     split_seed: int = 0
     channels: int = 3  # 3: RGB (greyscale repeated); 1: greyscale/luminance (fluorescence and IHC mode)
+    # how pixels reach the network: imagenet (ImageNet mean / std, what pretrained encoders expect) | unit ([0, 1]);
+    # GeNSeg-Net undoes the ImageNet scaling inside its model and needs imagenet
+    input_scale: str = "imagenet"
     # partial labels (FrGNet's weak setting): keep this share of each training image's nuclei, a seeded random
     # choice fixed for the run; the others are unannotated, not background (methods that can use partial labels
     # leave their pixels out of the loss: `Method.partial_labels`)

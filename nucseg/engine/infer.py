@@ -19,8 +19,16 @@ NORMALIZE_MEAN = {3: (0.485, 0.456, 0.406), 1: (0.5,)}
 NORMALIZE_STD = {3: (0.229, 0.224, 0.225), 1: (0.25,)}
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N×C×H×W -> float, ImageNet statistics for RGB (the encoders' pretraining), fixed ones for greyscale."""
+INPUT_SCALES = ("imagenet", "unit")
+
+
+def normalize(images: torch.Tensor, scale: str = "imagenet") -> torch.Tensor:
+    """uint8 N×C×H×W -> float: `imagenet`, ImageNet statistics for RGB (the encoders' pretraining), fixed ones for
+    greyscale; `unit`, [0, 1] (`data.input_scale`, as WeaveSeg's paper feeds its network)."""
+    if scale == "unit":
+        return images.float() / 255.0
+    if scale != "imagenet":
+        raise ValueError(f"input scale must be one of {', '.join(INPUT_SCALES)}, not '{scale}'")
     c = images.shape[1]
     mean = torch.tensor(NORMALIZE_MEAN[c], device=images.device).view(1, c, 1, 1)
     std = torch.tensor(NORMALIZE_STD[c], device=images.device).view(1, c, 1, 1)
@@ -70,6 +78,7 @@ class Predictor:
     runtime_key: str | None = None  # cache key of the OpenVINO export (default: a hash of the weights)
     prebuilt: object | None = None  # a compiled OpenVINODense from the cache: then `model` may be None
     class_names: dict[int, str] = field(default_factory=dict)  # the training sets' nucleus classes, for outputs
+    input_scale: str = "imagenet"  # how the model was fed in training (`data.input_scale`)
 
     def __post_init__(self) -> None:
         from nucseg.engine.runtime import openvino_or_none, resolve_runtime
@@ -107,7 +116,7 @@ class Predictor:
         precision = resolve_precision(precision or cfg.train.precision, device)
         return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data),
                    runtime or cfg.infer.runtime, runtime_key, prebuilt,
-                   {int(k): str(v) for k, v in dict(cfg.data.class_names).items()})
+                   {int(k): str(v) for k, v in dict(cfg.data.class_names).items()}, cfg.data.input_scale)
 
     @classmethod
     def from_checkpoint(cls, path, device: torch.device | None = None, precision: str | None = None,
@@ -148,7 +157,7 @@ class Predictor:
 
     @torch.no_grad()
     def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = normalize(torch.from_numpy(batch).to(self.device))
+        x = normalize(torch.from_numpy(batch).to(self.device), self.input_scale)
         if self._openvino is None:
             x = x.contiguous(memory_format=torch.channels_last)
         flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta and self.method.blendable else [()]

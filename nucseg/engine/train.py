@@ -24,7 +24,7 @@ from nucseg.data.dataset import PatchDataset, resolve_class_names, validation_sa
 from nucseg.engine.checkpoints import init_weights, load_checkpoint, save_checkpoint
 from nucseg.engine.config import RunConfig, config_to_yaml
 from nucseg.engine.device import autocast, configure_malloc, resolve_precision, select_device, set_threads
-from nucseg.engine.infer import Predictor, normalize
+from nucseg.engine.infer import INPUT_SCALES, Predictor, normalize
 from nucseg.io.images import atomic_path, write_text
 from nucseg.methods import Stage, get_method
 from nucseg.metrics import aji, compute_overlap, dice, pq
@@ -253,6 +253,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             model, device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=len(optimizers) > 1 or len(plan) > 1)
 
+    if cfg.data.input_scale not in INPUT_SCALES:
+        raise ValueError(f"data.input_scale '{cfg.data.input_scale}': one of {', '.join(INPUT_SCALES)}")
     if cfg.data.keep_fraction < 1.0 and not method.partial_labels:
         raise ValueError(f"data.keep_fraction {cfg.data.keep_fraction}: method '{cfg.method}' cannot leave "
                          "unannotated nuclei out of its loss (it would learn them as background)")
@@ -296,7 +298,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         for name, lr in lrs.items():
             for group in optimizers[name].param_groups:
                 group["lr"] = lr
-        images = normalize(batch.pop("image").to(device)).contiguous(memory_format=torch.channels_last)
+        images = normalize(batch.pop("image").to(device), cfg.data.input_scale).contiguous(
+            memory_format=torch.channels_last)
         batch = {k: v.to(device) for k, v in batch.items()}
         logged: dict[str, torch.Tensor] = {}
         updates = method.training_step(ddp_model, images, batch, stage.name)

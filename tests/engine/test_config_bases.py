@@ -17,6 +17,8 @@ BEFORE = Path(__file__).with_name("resolved_configs_before_bases.json")
 INTENDED_CHANGES: dict[str, dict[str, object]] = {
     # the ResNet-50 weights are the user's path, required (it trained from scratch without a word before)
     "configs/frgnet/paper.yaml": {"model.encoder_weights": "GIVEN"},
+    # eq. 12 without our distance term, and the paper's [0, 1] inputs (#26)
+    "configs/weaveseg/paper.yaml": {"model.weight_distance": 0.0, "data.input_scale": "unit"},
 }
 
 

@@ -213,3 +213,24 @@ def test_learning_rate_schedules():
     assert lr_at(0, multi, 30) == pytest.approx(2e-4) and lr_at(15, multi, 30) == pytest.approx(1e-4)
     cos = OptimConfig(lr=1.0, schedule="cosine", warmup_steps=0, min_lr_ratio=0.0)
     assert lr_at(0, cos, 100) == pytest.approx(1.0) and lr_at(50, cos, 100) == pytest.approx(0.5)
+
+
+def test_a_model_fed_unit_scaled_pixels_is_fed_them_at_inference(tmp_path):
+    """`data.input_scale: unit` (WeaveSeg's paper: [0, 1]) reaches training and, through the checkpoint's config,
+    every predictor; an unknown scale fails before training starts."""
+    import torch
+
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.engine.config import load_config
+    from nucseg.engine.infer import Predictor, normalize
+    from nucseg.engine.train import train
+
+    cfg = load_config("configs/unet/smoke.yaml", ["train.steps=2", "train.val_every=0", "data.input_scale=unit"])
+    train(cfg, tmp_path / "run", progress=False)
+    method, model, run_cfg = build_from_checkpoint(tmp_path / "run")
+    assert Predictor.for_run(method, model, run_cfg).input_scale == "unit"
+    x = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).repeat(1, 3, 1, 1)
+    assert normalize(x, "unit").tolist()[0][0][0] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="data.input_scale 'percent'"):
+        train(load_config("configs/unet/smoke.yaml", ["train.steps=1", "data.input_scale=percent"]), tmp_path / "bad",
+              progress=False)
