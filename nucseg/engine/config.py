@@ -21,9 +21,22 @@ from nucseg.data.dataset import DataConfig
 
 
 @dataclass
+class OptimizerOverrides:
+    """One optimiser's departures from `optim` (None: as `optim`), for methods with several (a GAN's generator
+    and discriminator, GeNSeg-Net's segmenter)."""
+
+    lr: float | None = None
+    betas: list[float] | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_steps: int | None = None
+
+
+@dataclass
 class OptimConfig:
     name: str = "adamw"  # adam | adamw
     lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's; GANs (pix2pix) use [0.5, 0.999]
     weight_decay: float = 1e-4
     # cosine | step (×gamma every step_size) | multistep (×gamma at milestones) | constant
     # | linear (constant, then a straight line down to min_lr_ratio·lr from `decay_from` of the steps: pix2pix's)
@@ -37,6 +50,25 @@ class OptimConfig:
     # methods with several optimisers (a GAN's generator and discriminator): a learning rate per optimiser name,
     # in place of `lr`; the schedule scales each alike
     lr_per_optimizer: dict[str, float] = field(default_factory=dict)
+    # any of lr, betas, weight_decay, schedule, warmup_steps per optimiser name (e.g. the segmenter's rate
+    # constant while the GAN's decays); `lr_per_optimizer` is the short form for the rate alone
+    per_optimizer: dict[str, OptimizerOverrides] = field(default_factory=dict)
+
+
+def optimizer_settings(optim: OptimConfig, name: str) -> OptimConfig:
+    """The settings optimiser `name` trains with: `optim`, then `lr_per_optimizer`, then `per_optimizer`."""
+    import dataclasses
+
+    changes = {}
+    if name in optim.lr_per_optimizer:
+        changes["lr"] = optim.lr_per_optimizer[name]
+    own = optim.per_optimizer.get(name)
+    if own is not None:
+        if own.lr is not None and name in optim.lr_per_optimizer:
+            raise ValueError(f"optim: the rate of optimiser '{name}' is set twice (lr_per_optimizer and "
+                             "per_optimizer)")
+        changes.update({k: v for k, v in dataclasses.asdict(own).items() if v is not None})
+    return dataclasses.replace(optim, **changes)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import nucseg
 from nucseg.data.dataset import PatchDataset, resolve_class_names, validation_samples
 from nucseg.engine.checkpoints import init_weights, load_checkpoint, save_checkpoint
-from nucseg.engine.config import RunConfig, config_to_yaml
+from nucseg.engine.config import RunConfig, config_to_yaml, optimizer_settings
 from nucseg.engine.device import autocast, configure_malloc, resolve_precision, select_device, set_threads
 from nucseg.engine.infer import INPUT_SCALES, Predictor, normalize
 from nucseg.io.images import atomic_path, write_text
@@ -226,11 +226,18 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     plan = stage_plan(method, cfg)
     cfg.train.steps = plan[-1][2]
     groups = {name: list(params) for name, params in method.optimizer_groups(model).items()}
-    if unknown := set(cfg.optim.lr_per_optimizer) - set(groups) - set(method.optimizer_names):
-        raise ValueError(f"optim.lr_per_optimizer names {sorted(unknown)}: method '{cfg.method}' has the optimisers "
-                         f"{sorted(set(groups) | set(method.optimizer_names))}")
-    base_lr = {name: cfg.optim.lr_per_optimizer.get(name, cfg.optim.lr) for name in groups}
-    optimizers = {name: opt_cls(params, lr=base_lr[name], weight_decay=cfg.optim.weight_decay)
+    known = set(groups) | set(method.optimizer_names)
+    for key in ("lr_per_optimizer", "per_optimizer"):
+        if unknown := set(getattr(cfg.optim, key)) - known:
+            raise ValueError(f"optim.{key} names {sorted(unknown)}: method '{cfg.method}' has the optimisers "
+                             f"{sorted(known)}")
+    settings = {name: optimizer_settings(cfg.optim, name) for name in groups}
+    for name, o in settings.items():
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ValueError(f"optim betas of '{name}': two values in [0, 1), not {list(o.betas)}")
+        lr_at(0, o, 1)  # an unknown schedule fails here, before any data is read
+    optimizers = {name: opt_cls(params, lr=settings[name].lr, betas=tuple(settings[name].betas),
+                                weight_decay=settings[name].weight_decay)
                   for name, params in groups.items()}
     start_step, best, best_step = 0, -math.inf, -1
     if resume and (out_dir / "last.ckpt").is_file():
@@ -293,8 +300,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         if current != stage:
             stage = current
             enter_stage(model, optimizers, stage)
-        lrs = {name: lr_at(step - stage_start, dataclasses.replace(cfg.optim, lr=base_lr[name]),
-                           stage_end - stage_start) for name in stage.optimizers}
+        lrs = {name: lr_at(step - stage_start, settings[name], stage_end - stage_start) for name in stage.optimizers}
         for name, lr in lrs.items():
             for group in optimizers[name].param_groups:
                 group["lr"] = lr

@@ -259,3 +259,38 @@ def test_export_leaves_the_discriminator_out_and_loads_back(tmp_path):
                tmp_path / "broken.pt")
     with pytest.raises(ValueError, match=r"broken.pt: the weights do not fit method 'gensegnet'.*missing \['segmenter"):
         build_from_checkpoint(tmp_path / "broken.pt")
+
+
+def test_each_optimiser_keeps_its_own_schedule_betas_and_decay(tmp_path):
+    """`optim.per_optimizer`: the segmenter's rate stays constant while the GAN's cosine decays; betas and weight
+    decay reach each torch optimiser; a typo or a bad value is an error before training."""
+    import csv
+    from pathlib import Path
+
+    from nucseg.engine.config import load_config
+    from nucseg.engine.train import train
+
+    smoke = Path(__file__).resolve().parents[2] / "configs/gensegnet/smoke.yaml"
+    base = ["train.val_every=0", "train.log_every=1", "train.stage_steps={enhance: 4, segment: 4}",
+            "optim.schedule=cosine", "optim.warmup_steps=0", "optim.per_optimizer.segmenter.schedule=constant",
+            "optim.per_optimizer.segmenter.lr=0.0005", "optim.per_optimizer.generator.betas=[0.5, 0.999]",
+            "optim.per_optimizer.discriminator.betas=[0.5, 0.999]",
+            "optim.per_optimizer.segmenter.weight_decay=0.01"]
+    train(load_config(smoke, base), tmp_path / "run", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "run/train.csv")))
+    generator = [float(r["lr/generator"]) for r in rows if r.get("lr/generator")]
+    segmenter = [float(r["lr"] or r.get("lr/segmenter") or 0) for r in rows[4:]]
+    assert generator[0] > generator[-1]  # cosine
+    assert segmenter == [0.0005] * 4  # constant
+    ckpt = torch.load(tmp_path / "run/last.ckpt", weights_only=True)
+    groups = {k: v["param_groups"][0] for k, v in ckpt["optimizers"].items()}
+    assert groups["generator"]["betas"] == (0.5, 0.999) or list(groups["generator"]["betas"]) == [0.5, 0.999]
+    assert groups["segmenter"]["weight_decay"] == 0.01 and list(groups["segmenter"]["betas"]) == [0.9, 0.999]
+    with pytest.raises(ValueError, match="per_optimizer names.*'critic'"):
+        train(load_config(smoke, [*base, "optim.per_optimizer.critic.lr=0.1"]), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="betas of 'generator'"):
+        train(load_config(smoke, [*base, "optim.per_optimizer.generator.betas=[1.5, 0.9]"]), tmp_path / "bad2",
+              progress=False)
+    with pytest.raises(ValueError, match="unknown schedule 'flat'"):
+        train(load_config(smoke, [*base, "optim.per_optimizer.segmenter.schedule=flat"]), tmp_path / "bad3",
+              progress=False)
