@@ -24,6 +24,9 @@ class AugmentConfig:
     gamma_p: float = 0.2
     hed_sigma: float = 0.04  # HED stain jitter: multiplicative N(1, σ) and additive N(0, σ) per stain channel
     hed_p: float = 0.5
+    # which images get the HED jitter: stained (colour brightfield, by `detect_modality` of the whole image: no
+    # fluorescence or greyscale image holds H&E or DAB) | all
+    hed_images: str = "stained"
 
 
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -44,6 +47,8 @@ class Augmenter:
         os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
         import albumentations as A
 
+        if cfg.hed_images not in ("stained", "all"):
+            raise ValueError(f"augment.hed_images must be stained or all, not '{cfg.hed_images}'")
         self.cfg = cfg
         geometric = []
         if cfg.flips:
@@ -65,14 +70,17 @@ class Augmenter:
         self.geometric = A.Compose(geometric)
         self.photometric = A.Compose(photometric)
 
-    def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Augment a uint8 H×W×C image and its int32 instance map together, reproducibly from `rng`."""
+    def __call__(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                 stained: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Augment a uint8 H×W×C image and its int32 instance map together, reproducibly from `rng`. `stained`:
+        False for fluorescence and greyscale images, which get no stain jitter (they hold no H&E or DAB)."""
         self.geometric.set_random_seed(int(rng.integers(2**31)))
         self.photometric.set_random_seed(int(rng.integers(2**31)))
         # float32 keeps ids exact up to 2^24 through OpenCV's nearest-neighbour warps
         out = self.geometric(image=image, mask=labels.astype(np.float32))
         image, labels = out["image"], out["mask"].astype(np.int32)
-        if self.cfg.hed_p > 0 and image.shape[-1] == 3 and rng.random() < self.cfg.hed_p:
+        if self.cfg.hed_p > 0 and image.shape[-1] == 3 and rng.random() < self.cfg.hed_p and (
+                stained or self.cfg.hed_images == "all"):
             image = hed_jitter(image, rng, self.cfg.hed_sigma)
         image = self.photometric(image=image)["image"]
         return np.ascontiguousarray(image), np.ascontiguousarray(labels)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.data.augment import AugmentConfig, Augmenter
+from nucseg.data.modality import detect_modality
 from nucseg.data.readers.canonical import dataset_info, list_ids, read_canonical_one
 from nucseg.structures import Sample
 
@@ -218,6 +219,7 @@ class LoadedSet:
             if normalizer is not None:
                 image = normalizer.transform(image)
             s.image = to_channels(image, data_cfg.channels)
+            s.meta["stained"] = detect_modality(image) == "he"  # of the whole image, not of each patch
             if split == "train" and not self.foreground_only and data_cfg.keep_fraction < 1.0:
                 s.instances = drop_annotations(s.instances, data_cfg.keep_fraction, [data_cfg.keep_seed, i])
             self.samples.append(s)
@@ -283,7 +285,7 @@ class PatchDataset:
         sample = ds.samples[rng.choice(len(ds.samples), p=ds.image_weights)]
         m, p = self.cfg.target_margin, self.cfg.patch_size
         image, labels = self.crop(sample, rng, p + 2 * m)
-        image, labels = self.augment(image, labels, rng)
+        image, labels = self.augment(image, labels, rng, stained=sample.meta.get("stained", True))
         unannotated = labels < 0
         labels = np.maximum(labels, 0)
         extra = {"image": image} if self.targets_use_image else {}

@@ -57,3 +57,27 @@ def test_patch_pool_repeats_draws_exactly(synthetic_set):
     ds = PatchDataset(cfg, m.targets, 10, seed=3)
     assert np.array_equal(ds[1]["image"], ds[4]["image"]) and np.array_equal(ds[1]["image"], ds[7]["image"])
     assert not np.array_equal(ds[1]["image"], ds[2]["image"])
+
+
+def test_stain_jitter_stays_off_fluorescence_and_greyscale_images():
+    """HED jitter only on stained (colour brightfield) images: decided per whole image, not per patch."""
+    from nucseg.data.augment import AugmentConfig, Augmenter
+    from nucseg.data.dataset import DataConfig, PatchDataset, SetConfig, SyntheticSpec
+    from nucseg.methods import get_method
+
+    jitter_only = AugmentConfig(flips=False, affine_p=0.0, blur_p=0.0, brightness_contrast_p=0.0, gamma_p=0.0,
+                                hed_p=1.0, hed_sigma=0.2)
+    augment = Augmenter(jitter_only)
+    rgb = np.random.default_rng(0).integers(60, 200, (32, 32, 3), dtype=np.uint8)
+    labels = np.zeros((32, 32), np.int32)
+    assert not np.array_equal(augment(rgb, labels, np.random.default_rng(1))[0], rgb)
+    assert np.array_equal(augment(rgb, labels, np.random.default_rng(1), stained=False)[0], rgb)
+    every = Augmenter(AugmentConfig(**{**jitter_only.__dict__, "hed_images": "all"}))
+    assert not np.array_equal(every(rgb, labels, np.random.default_rng(1), stained=False)[0], rgb)
+    method = get_method("unet")({"encoder": "test_efficientnet"})
+    for style, stained in (("he", True), ("fluorescence", False)):
+        cfg = DataConfig(sets=[SetConfig(path="s", synthetic=SyntheticSpec(style=style, images=1, size=96,
+                                                                           nuclei=10))],
+                         patch_size=48, target_margin=8, val_fraction=0.0, augment=jitter_only)
+        ds = PatchDataset(cfg, method.targets, 2)
+        assert ds.sets[0].samples[0].meta["stained"] is stained
