@@ -294,3 +294,26 @@ def test_each_optimiser_keeps_its_own_schedule_betas_and_decay(tmp_path):
     with pytest.raises(ValueError, match="unknown schedule 'flat'"):
         train(load_config(smoke, [*base, "optim.per_optimizer.segmenter.schedule=flat"]), tmp_path / "bad3",
               progress=False)
+
+
+def test_the_two_channel_segmenter_sees_the_grey_image_past_the_generator():
+    """`segmenter_input: grey+enhanced`: with the generator's output held fixed, the logits still follow the image
+    (they do not with `enhanced`); the mode needs a generator."""
+    small = {"encoder": "test_efficientnet", "decoder_channels": [16, 16, 8, 8, 8], "generator_channels": 8,
+             "generator_blocks": 1, "discriminator": "patchgan", "patchgan_channels": 8}
+    a, b = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    logits = {}
+    for mode in ("enhanced", "grey+enhanced"):
+        method = get_method("gensegnet")({**small, "segmenter_input": mode})
+        torch.manual_seed(0)
+        model = method.build_model().eval()
+        last = model.generator.net[-2]  # the generator's last conv: zero, so its output is tanh(0) for any image
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+        with torch.no_grad():
+            logits[mode] = [model(x)["logits"] for x in (a, b)]
+            assert torch.equal(model(a)["enhanced"], model(b)["enhanced"])
+    assert torch.allclose(*logits["enhanced"])
+    assert not torch.allclose(*logits["grey+enhanced"])
+    with pytest.raises(ValueError, match="grey\\+enhanced needs the generator"):
+        get_method("gensegnet")({**small, "segmenter_input": "grey+enhanced", "generator": "none"})

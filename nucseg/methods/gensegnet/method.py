@@ -9,7 +9,9 @@ Training runs in two stages through the engine's one loop (`Method.stages`, leng
 2. "segment": the U-Net alone (the generator frozen, in eval mode) on α·CE + β·Dice over the 3 classes (eq. 4,
    α = 1, β = 3). Its input is, as in the paper ("the transformed data serves as ground truth for the first stage
    and as input for the second"), the ideal image (`segmenter_input: ideal`), or the frozen generator's output
-   (`segmenter_input: enhanced`: the U-Net then learns from the images it will meet at inference).
+   (`segmenter_input: enhanced`: the U-Net then learns from the images it will meet at inference), or both the grey
+   image and the generator's output as two channels (`segmenter_input: grey+enhanced`, ours: the U-Net can then
+   recover what the generator gets wrong).
 
 `generator: none` is Table 5's "segmentation model only": the U-Net on the grey image, one stage.
 
@@ -50,6 +52,8 @@ from nucseg.postprocess import marker_watershed
 from nucseg.structures import Instances
 from nucseg.targets.ideal import BODY, edge_classes, ideal_nucleus_image
 
+SEGMENTER_INPUTS = ("ideal", "enhanced", "grey+enhanced")
+
 
 @dataclass
 class GeNSegConfig:
@@ -77,7 +81,9 @@ class GeNSegConfig:
     patchgan_channels: int = 64
     gan_weight: float = 0.01  # λ of eq. 3
     # segmentation model (Sec. 3.3)
-    segmenter_input: str = "ideal"  # ideal (the paper) | enhanced (the frozen generator's output)
+    # ideal (the paper) | enhanced (the frozen generator's output) | grey+enhanced (two channels: the grey image
+    # beside the generator's output, so the U-Net can recover what the generator got wrong)
+    segmenter_input: str = "ideal"
     encoder: str = "efficientnet_lite0"
     encoder_weights: str | None = None  # a path, or "efficientnet-lite0-imagenet" (pip package)
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 48, 32, 16])
@@ -113,8 +119,10 @@ class GeNSegMethod(Method):
             raise ValueError(f"modality must be auto, fluorescence or brightfield, got '{c.modality}'")
         if c.brightfield_channel not in ("haematoxylin", "optical_density"):
             raise ValueError(f"brightfield_channel must be haematoxylin or optical_density, got '{c.brightfield_channel}'")
-        if c.segmenter_input not in ("ideal", "enhanced"):
-            raise ValueError(f"segmenter_input must be ideal or enhanced, got '{c.segmenter_input}'")
+        if c.segmenter_input not in SEGMENTER_INPUTS:
+            raise ValueError(f"segmenter_input must be one of {', '.join(SEGMENTER_INPUTS)}, got '{c.segmenter_input}'")
+        if c.segmenter_input == "grey+enhanced" and not self.enhances:
+            raise ValueError("segmenter_input grey+enhanced needs the generator (generator: none has no enhanced image)")
 
     @property
     def enhances(self) -> bool:
@@ -136,8 +144,9 @@ class GeNSegMethod(Method):
                                                          c.discriminator_heads, c.discriminator_image_size)
             else:
                 discriminator = PatchDiscriminator(c.patchgan_channels)
-        segmenter = UNet(c.encoder, c.encoder_weights, 1, tuple(c.decoder_channels), heads={"logits": 3})
-        return GeNSegNet(grey, generator, discriminator, segmenter)
+        two = c.segmenter_input == "grey+enhanced"
+        segmenter = UNet(c.encoder, c.encoder_weights, 2 if two else 1, tuple(c.decoder_channels), heads={"logits": 3})
+        return GeNSegNet(grey, generator, discriminator, segmenter, segment_grey_too=two)
 
     # --- training ---
     def stages(self) -> list[Stage]:

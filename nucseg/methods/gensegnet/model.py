@@ -208,29 +208,36 @@ class PatchDiscriminator(nn.Module):
 class GeNSegNet(nn.Module):
     """grey -> (generator) -> U-Net over 3 classes. `mode` picks the call a training stage needs:
 
-    - "segment" (inference): RGB -> {"logits", "enhanced"};
+    - "segment" (inference): RGB -> {"logits", "enhanced"} (the segmenter reads the enhanced image, or
+      [grey, enhanced] with `segment_grey_too`);
     - "segment_enhanced": x is already an enhanced-space image (N×1×H×W in [-1, 1]: the ideal target) -> {"logits"};
     - "generate": RGB -> {"enhanced", "fake_logits"} (the generator's step);
     - "discriminate": x is a generated image, `real` the ideal one -> {"real_logits", "fake_logits"}.
     """
 
     def __init__(self, grey: GreyInput, generator: nn.Module | None, discriminator: nn.Module | None,
-                 segmenter: nn.Module):
+                 segmenter: nn.Module, segment_grey_too: bool = False):
         super().__init__()
         self.grey = grey
         self.generator = generator
         self.discriminator = discriminator
         self.segmenter = segmenter
+        # the segmenter reads [grey, enhanced] (two channels), so it can see past the generator's errors
+        self.segment_grey_too = segment_grey_too
 
     def enhance(self, x: torch.Tensor) -> torch.Tensor:
+        return self._grey_and_enhanced(x)[1]
+
+    def _grey_and_enhanced(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.grey(x) * 2 - 1
-        return self.generator(g) if self.generator is not None else g
+        return g, self.generator(g) if self.generator is not None else g
 
     def forward(self, x: torch.Tensor, mode: str = "segment", real: torch.Tensor | None = None) \
             -> dict[str, torch.Tensor]:
         if mode == "segment":
-            e = self.enhance(x)
-            return {"logits": self.segmenter(e)["logits"], "enhanced": e}
+            g, e = self._grey_and_enhanced(x)
+            seen = torch.cat([g, e], 1) if self.segment_grey_too else e
+            return {"logits": self.segmenter(seen)["logits"], "enhanced": e}
         if mode == "segment_enhanced":
             return {"logits": self.segmenter(x)["logits"]}
         if self.discriminator is None or self.generator is None:
