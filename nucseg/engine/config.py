@@ -79,6 +79,9 @@ class TrainConfig:
     stage_steps: dict[str, int] = field(default_factory=dict)
     batch_size: int = 8
     val_every: int = 500
+    # last.ckpt (what --resume starts from) every this many steps, and at each validation: a session that stops
+    # mid-run loses at most these steps
+    checkpoint_every: int = 100
     log_every: int = 20
     select_metric: str = "aji"  # validation metric for best.ckpt: aji | pq | dice | mpq | aji_mpq (typed models)
     precision: str = "auto"  # auto (bf16 where the CPU has AMX, or on CUDA) | bf16 | fp32

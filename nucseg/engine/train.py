@@ -358,7 +358,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                     save_checkpoint(out_dir / "best.ckpt", model, cfg, step=step, scores=scores)
                 if bar is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if "/" not in k))
-            if is_val or step == stage_end or step % max(cfg.train.val_every, 100) == 0:
+            if is_val or step == stage_end or step % max(cfg.train.checkpoint_every, 1) == 0:
                 save_checkpoint(out_dir / "last.ckpt", model, cfg,
                                 optimizers={k: o.state_dict() for k, o in optimizers.items()}, step=step,
                                 best=best, best_step=best_step)

@@ -234,3 +234,21 @@ def test_a_model_fed_unit_scaled_pixels_is_fed_them_at_inference(tmp_path):
     with pytest.raises(ValueError, match="data.input_scale 'percent'"):
         train(load_config("configs/unet/smoke.yaml", ["train.steps=1", "data.input_scale=percent"]), tmp_path / "bad",
               progress=False)
+
+
+def test_last_checkpoint_every_few_steps_so_a_stopped_session_loses_little(tmp_path, monkeypatch):
+    from nucseg.engine import train as train_module
+    from nucseg.engine.config import load_config
+
+    saved = []
+    real = train_module.save_checkpoint
+
+    def recording(path, *args, **kwargs):
+        if path.name == "last.ckpt":
+            saved.append(kwargs["step"])
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording)
+    cfg = load_config("configs/unet/smoke.yaml", ["train.steps=7", "train.val_every=0", "train.checkpoint_every=3"])
+    train_module.train(cfg, tmp_path / "run", progress=False)
+    assert saved == [3, 6, 7]
