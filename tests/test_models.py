@@ -95,3 +95,22 @@ def test_batchnorm_folding_falls_back_when_order_is_not_run_order():
     model = Swapped()
     model.bn.running_mean.fill_(2.0)
     assert fold_batchnorm(model, torch.randn(1, 4, 8, 8)) is model
+
+
+def test_the_standard_unet_encoder_feeds_the_unet_decoder_at_full_resolution():
+    """`standard_unet_w<k>`: the standard U-Net's contracting path (strides 1-16), no ImageNet weights; the shared
+    decoder then needs no extra full-resolution block and the heads come out at the input's size."""
+    import torch
+
+    from nucseg.methods.unet.model import UNet
+    from nucseg.models.encoders import create_encoder
+
+    enc = create_encoder("standard_unet_w8", in_chans=1)
+    assert enc.feature_info.reduction() == [1, 2, 4, 8, 16] and enc.feature_info.channels() == [8, 16, 32, 64, 128]
+    assert create_encoder("standard_unet").feature_info.channels()[-1] == 1024  # the paper's widths
+    net = UNet("standard_unet_w8", None, 1, (64, 32, 16, 8), heads={"logits": 3})
+    assert not net.full_resolution
+    out = net(torch.rand(2, 1, 96, 80))["logits"]
+    assert out.shape == (2, 3, 96, 80)
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())

@@ -86,8 +86,64 @@ def load_encoder_weights(model: nn.Module, weights: str | Path) -> None:
         raise ValueError(f"{path}: weights do not cover {len(missing)} encoder tensors (e.g. {missing[:3]})")
 
 
+class FeatureInfo:
+    """The part of timm's `feature_info` the decoders read: channels and stride of each level."""
+
+    def __init__(self, channels: list[int], reductions: list[int]):
+        self._channels, self._reductions = channels, reductions
+
+    def channels(self) -> list[int]:
+        return list(self._channels)
+
+    def reduction(self) -> list[int]:
+        return list(self._reductions)
+
+
+class StandardUNetEncoder(nn.Module):
+    """The contracting path of the standard U-Net (Ronneberger et al. 2015): per level two 3×3 conv-BN-ReLU, then
+    2×2 max pooling; `width`, 2·width, ... 16·width channels at strides 1, 2, 4, 8, 16 (BatchNorm as is usual
+    today; the original had none). A baseline without ImageNet weights, as GeNSeg-Net and WeaveSeg compare with.
+    Names: `standard_unet` (width 64, the paper's) or `standard_unet_w<k>` (width k)."""
+
+    def __init__(self, in_chans: int = 3, width: int = 64, levels: int = 5):
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        chans = [width * 2**i for i in range(levels)]
+        self.blocks = nn.ModuleList(block(cin, cout) for cin, cout in zip([in_chans, *chans[:-1]], chans))
+        self.feature_info = FeatureInfo(chans, [2**i for i in range(levels)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x if i == 0 else torch.nn.functional.max_pool2d(x, 2, ceil_mode=True))
+            feats.append(x)
+        return feats
+
+
+def _standard_unet_width(name: str) -> int | None:
+    if name == "standard_unet":
+        return 64
+    if name.startswith("standard_unet_w") and name[len("standard_unet_w"):].isdigit():
+        return int(name[len("standard_unet_w"):])
+    return None
+
+
 def create_encoder(name: str, in_chans: int = 3, weights: str | None = None, out_indices=None) -> nn.Module:
-    """A timm backbone returning a feature pyramid (`features_only`), never downloading anything."""
+    """A timm backbone returning a feature pyramid (`features_only`), never downloading anything; or the standard
+    U-Net's encoder (`standard_unet`, `standard_unet_w<k>`)."""
+    width = _standard_unet_width(name)
+    if width is not None:
+        if out_indices is not None:
+            raise ValueError(f"encoder '{name}' has no out_indices option")
+        encoder = StandardUNetEncoder(in_chans, width)
+        if weights:
+            load_encoder_weights(encoder, weights)
+        return encoder
     kwargs = {"features_only": True, "pretrained": False, "in_chans": in_chans}
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)

@@ -19,14 +19,16 @@ INTENDED_CHANGES: dict[str, dict[str, object]] = {
     "configs/frgnet/paper.yaml": {"model.encoder_weights": "GIVEN"},
     # eq. 12 without our distance term, and the paper's [0, 1] inputs (#26)
     "configs/weaveseg/paper.yaml": {"model.weight_distance": 0.0, "data.input_scale": "unit"},
-    # the U-Net's rate fixed, the GAN's decaying with pix2pix's betas, the paper's augmentation alone (#27)
+    # the U-Net's rate fixed, the GAN's decaying with pix2pix's betas, the paper's augmentation alone, the standard
+    # U-Net (#27)
     "configs/gensegnet/paper.yaml": {
         "optim.schedule": "constant", "optim.lr_per_optimizer": {},
         "optim.per_optimizer": {name: {"lr": 0.0001, "betas": [0.5, 0.999], "weight_decay": None,
                                        "schedule": "linear", "warmup_steps": None}
                                 for name in ("generator", "discriminator")},
         "data.augment.scale": (1.0, 1.0), "data.augment.blur_p": 0.0, "data.augment.gamma_p": 0.0,
-        "data.augment.hed_p": 0.0},
+        "data.augment.hed_p": 0.0,
+        "model.encoder": "standard_unet", "model.encoder_weights": None, "model.decoder_channels": [512, 256, 128, 64]},
 }
 
 
