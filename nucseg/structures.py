@@ -13,6 +13,9 @@ import numpy as np
 
 
 class Modality(StrEnum):
+    """The imaging modality of a sample (`Sample.meta["modality"]`): readers set it, stain augmentation and the
+    choice of shipped model follow it."""
+
     HE = "he"  # brightfield H&E
     IHC = "ihc"  # brightfield immunohistochemistry (DAB + hematoxylin)
     FLUORESCENCE = "fluorescence"

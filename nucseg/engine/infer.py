@@ -242,30 +242,34 @@ class Predictor:
         scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
         return abs(scale - 1.0) <= 0.05 and max(image.shape[:2]) <= self.cfg.window
 
-    def segment(self, image: np.ndarray, mpp: float | None = None) -> Instances:
+    def segment(self, image: np.ndarray, mpp: float | None = None, progress=None) -> Instances:
         """Instances of a whole image; images larger than one window go tile by tile (`segment_tiles`).
 
         With the image's `mpp` and the model's (`infer.mpp`) both known and more than 5 % apart, the image is
-        resampled to the model's resolution and the instances mapped back (nearest neighbour) to the image's pixels."""
+        resampled to the model's resolution and the instances mapped back (nearest neighbour) to the image's pixels.
+        `progress(done, total)`, when given, is called after each tile (once for a single pass)."""
         if self.single_pass(image, mpp):
-            return self.method.postprocess(self.dense(image))
+            inst = self.method.postprocess(self.dense(image))
+            if progress is not None:
+                progress(1, 1)
+            return inst
         scale = mpp / self.cfg.mpp if mpp and self.cfg.mpp else 1.0
         if abs(scale - 1.0) > 0.05:
-            return self._segment_rescaled(image, scale)
+            return self._segment_rescaled(image, scale, progress)
         from nucseg.postprocess.tiles import default_tile
 
         margin = self.cfg.block_margin
         h, w = image.shape[:2]
-        return self.segment_tiles(image, default_tile(self.cfg.window, margin, w, h), margin)
+        return self.segment_tiles(image, default_tile(self.cfg.window, margin, w, h), margin, progress)
 
-    def _segment_rescaled(self, image: np.ndarray, scale: float) -> Instances:
+    def _segment_rescaled(self, image: np.ndarray, scale: float, progress=None) -> Instances:
         import cv2
 
         h, w = image.shape[:2]
         size = (max(round(w * scale), 32), max(round(h * scale), 32))
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, size, interpolation=interp)
-        inst = self.segment(resized.reshape(size[1], size[0], *image.shape[2:]))
+        inst = self.segment(resized.reshape(size[1], size[0], *image.shape[2:]), progress=progress)
         rows = np.minimum(((np.arange(h) + 0.5) * size[1] / h).astype(np.intp), size[1] - 1)
         cols = np.minimum(((np.arange(w) + 0.5) * size[0] / w).astype(np.intp), size[0] - 1)
         labels = inst.labels[rows[:, None], cols[None, :]]
@@ -273,7 +277,7 @@ class Predictor:
         return Instances(labels, {i: c for i, c in inst.classes.items() if i in kept},
                          {i: s for i, s in inst.scores.items() if i in kept})
 
-    def segment_tiles(self, image: np.ndarray, tile: int, margin: int) -> Instances:
+    def segment_tiles(self, image: np.ndarray, tile: int, margin: int, progress=None) -> Instances:
         """Segment tile by tile with `margin` pixels of context (`nucseg.postprocess.tiles`: the mechanism slides use
         too). Each tile keeps the nuclei whose centroid lies in its core, so none is cut or counted twice when the
         margin is wider than a nucleus."""
@@ -301,4 +305,6 @@ class Predictor:
                     if new_id and old_id in inst.scores:
                         scores[new_id] = inst.scores[old_id]
                 next_id += int((new_ids > 0).sum())
+            if progress is not None:
+                progress(min(i + len(chunk), len(tiles)), len(tiles))
         return Instances(out, classes, scores)

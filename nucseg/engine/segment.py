@@ -8,11 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nucseg.data.modality import detect_modality  # noqa: F401 (re-exported: slide.py and users import it here)
-from nucseg.engine.checkpoints import resolve_checkpoint_file
-from nucseg.engine.device import configure_malloc, default_device, set_threads
-from nucseg.engine.infer import Predictor
 from nucseg.io.images import IMAGE_EXTENSIONS, InputError, read_image
-from nucseg.io.writers import write_outputs
 from nucseg.structures import Instances
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
@@ -75,26 +71,15 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
                   "geojson", "csv"), mpp: float | None = None, batch_size: int | None = None, threads: int = 0,
                   tta: bool = False, precision: str = "auto", progress: bool = True,
                   checkpoint: str | None = None, runtime: str | None = None) -> SegmentReport:
-    configure_malloc()
-    set_threads(threads)
+    """`nucseg segment`: each image through `Model.segment`'s steps and `Result.save`, the Python API's, so the
+    two give the same outputs."""
+    from nucseg.engine.model import Model
+    from nucseg.result import Result
+
     files = collect_inputs(inputs)
     if not files:
         raise ValueError("no input images (png/jpg/tif) found")
-    resolved = resolve_model(model, checkpoint)
-    device = default_device()
-    predictors: dict[str, Predictor] = {}
-
-    def predictor_for(image) -> tuple[str, Predictor]:
-        """The predictor for this image, loaded on first use (with AUTO, each modality's model once)."""
-        key = detect_modality(image) if resolved == AUTO else str(resolved)
-        if key not in predictors:
-            t0 = time.perf_counter()
-            path = WEIGHTS / SHIPPED[key] if resolved == AUTO else resolved
-            predictors[key] = Predictor.from_checkpoint(resolve_checkpoint_file(path), device, precision, runtime,
-                                                        batch_size, tta)
-            report.load_seconds += time.perf_counter() - t0
-        return key, predictors[key]
-
+    loaded = Model(model, checkpoint, runtime, precision, threads, batch_size, tta)
     report = SegmentReport()
     items = files
     if progress:
@@ -110,11 +95,11 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         except Exception as exc:
             report.failed.append((str(path), f"post-processing or writing failed: {type(exc).__name__}: {exc}"))
 
-    def finish(path: Path, image, predictor: Predictor, result: Instances | dict) -> int:
+    def finish(path: Path, image, predictor, result: Instances | dict, label: str) -> int:
         """Post-process `result` when it is still dense maps, write the outputs, return the nucleus count; runs on
         the background thread."""
         inst = result if isinstance(result, Instances) else predictor.method.postprocess(result)
-        write_outputs(Path(out_dir), path.stem, image, inst, outputs, mpp, predictor.class_names)
+        Result(inst, image, dict(predictor.class_names), mpp, label).save(out_dir, path.stem, outputs)
         return len(inst)
 
     # The main thread reads and runs the forward pass; post-processing and writing run on a background thread while
@@ -126,8 +111,7 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
             try:
                 t0 = time.perf_counter()
                 image = read_image(path)
-                used, predictor = predictor_for(image)
-                model_label = used if resolved == AUTO else (model if model in SHIPPED else Path(used).stem)
+                used, predictor = loaded.predictor(image)
                 # whole images within one block need no stitching: their post-processing can move off this thread
                 result = predictor.dense(image) if predictor.single_pass(image, mpp) else predictor.segment(image, mpp)
             except InputError as exc:
@@ -138,9 +122,11 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
                 continue
             if pending is not None:
                 collect(pending)
-            row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "model": model_label,
+            label = loaded.name_for(used)
+            row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "model": label,
                    "seconds": time.perf_counter() - t0}
-            pending = (path, writer.submit(finish, path, image, predictor, result), row)
+            pending = (path, writer.submit(finish, path, image, predictor, result, label), row)
         if pending is not None:
             collect(pending)
+    report.load_seconds = loaded.load_seconds
     return report

@@ -66,13 +66,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as exc:
         raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+    try:
+        return as_image(arr)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
+
+
+def as_image(arr) -> np.ndarray:
+    """An array as the pipeline takes images: H×W×C (C = 1 or 3) uint8/uint16. 2-D arrays gain a channel axis,
+    channel-first arrays (C×H×W, C ≤ 4) are moved channel-last, RGBA drops alpha, grey + alpha keeps grey, other
+    dtypes (bool, float, int32...) are rescaled to uint8 by their min and max. `read_image` and the Python API both
+    go through here, so a file and its decoded array give the same input. Raises ValueError for anything else."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4) or arr.size == 0:
-        raise InputError(path, f"not a 2-D image (array shape {arr.shape})")
+        raise ValueError(f"not a 2-D image (array shape {arr.shape})")
     if arr.shape[-1] == 4:
         arr = arr[..., :3]
     elif arr.shape[-1] == 2:  # grey + alpha
@@ -80,7 +91,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype not in (np.uint8, np.uint16):
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"not a numeric image (dtype {arr.dtype})")
         a = arr.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("the image holds NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
         arr = a.round().astype(np.uint8)

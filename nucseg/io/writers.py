@@ -52,17 +52,33 @@ def geojson_feature(uid: str, name: str, geometry: dict | None, measurements: di
     return {"type": "Feature", "id": uid, "geometry": geometry, "properties": props}
 
 
+def nucleus_table(inst: Instances, properties: dict[str, np.ndarray],
+                  class_names: dict[int, str] | None = None) -> dict[str, list]:
+    """The per-nucleus table as columns, in the CSV's order: id, the measurements of `instance_properties`, class
+    (its name; "" for none) and probability (None where the method gives no score). `write_csv` writes it and
+    `Result.table()` returns it as a DataFrame, so the two cannot differ."""
+    ids = [int(i) for i in properties["id"]]
+    columns: dict[str, list] = {"id": ids}
+    for name, col in properties.items():
+        if name != "id":
+            columns[name] = [float(v) for v in col]
+    classes = [inst.classes.get(i, 0) for i in ids]
+    columns["class"] = [(class_names or {}).get(c, str(c) if c else "") for c in classes]
+    columns["probability"] = [inst.scores.get(i) for i in ids]
+    return columns
+
+
 def write_csv(path: Path, inst: Instances, properties: dict[str, np.ndarray],
               class_names: dict[int, str] | None = None) -> Path:
+    table = nucleus_table(inst, properties, class_names)
+    measured = [c for c in table if c not in ("id", "class", "probability")]
     buf = io.StringIO()
-    cols = [c for c in properties if c != "id"]
     writer = csv.writer(buf)
-    writer.writerow(["id", *cols, "class", "probability"])
-    for k, i in enumerate(properties["id"]):
-        cls = inst.classes.get(int(i), 0)
-        name = (class_names or {}).get(cls, str(cls) if cls else "")
-        prob = inst.scores.get(int(i), "")
-        writer.writerow([int(i), *[f"{properties[c][k]:.4f}" for c in cols], name, prob])
+    writer.writerow(list(table))
+    for k, i in enumerate(table["id"]):
+        prob = table["probability"][k]
+        writer.writerow([i, *[f"{table[c][k]:.4f}" for c in measured], table["class"][k],
+                         "" if prob is None else prob])
     return write_text(path, buf.getvalue())
 
 
