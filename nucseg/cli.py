@@ -67,7 +67,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     info = convert(args.format, args.src, args.dst, progress=True)
     print(f"wrote {info['images']} images to {args.dst} (classes: {info['classes'] or 'none'})")
-    return 0
+    for note in info["warnings"]:
+        print(f"nucseg: warning: {note['file']}: {note['warning']}", file=sys.stderr)
+    for skip in info["skipped"]:
+        print(f"nucseg: error: {skip['file']}: {skip['problem']} (skipped)", file=sys.stderr)
+    if info["skipped"]:
+        print(f"nucseg: {len(info['skipped'])} source file(s) skipped; {args.dst}/dataset.json lists them",
+              file=sys.stderr)
+    return 1 if info["skipped"] else 0
 
 
 def _cmd_formats(args: argparse.Namespace) -> int:

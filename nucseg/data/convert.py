@@ -1,6 +1,8 @@
 """`nucseg data convert`: any registered format -> the canonical layout, one atomic file at a time.
 
-dataset.json is written last, so a folder with a dataset.json holds a complete conversion.
+A source file that cannot be read is reported (file and problem) and skipped; every other file still converts.
+dataset.json is written last and lists what was skipped and why, and what readers warned of, so a folder with a
+dataset.json holds a finished conversion and says how complete it is. One job per destination folder (a lock).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import nucseg
 from nucseg.data.readers import read_samples
+from nucseg.data.readers.base import Skipped, SourceWarning
 from nucseg.io.images import write_image, write_label, write_text
+from nucseg.io.lock import output_lock
 from nucseg.labels import instances_to_class_map, relabel_sequential
 from nucseg.structures import Sample
 
@@ -28,8 +32,17 @@ def write_sample(dst: Path, s: Sample) -> dict[int, int] | None:
 
 
 def convert(fmt: str, src: str | Path, dst: str | Path, progress: bool = False) -> dict:
+    """Convert `src` (format `fmt`) into `dst`. Returns dataset.json's content: `images` converted, and `skipped`
+    ([{file, problem}]) and `warnings` ([{file, warning}]) for the rest."""
     src, dst = Path(src), Path(dst)
-    samples = read_samples(fmt, src)
+    with output_lock(dst, f"nucseg data convert --format {fmt} {src}"):
+        return _convert(fmt, src, dst, progress)
+
+
+def _convert(fmt: str, src: Path, dst: Path, progress: bool) -> dict:
+    skipped: list[Skipped] = []
+    notes: list[SourceWarning] = []
+    samples = read_samples(fmt, src, skipped, notes)
     if progress:
         from tqdm import tqdm
 
@@ -52,6 +65,8 @@ def convert(fmt: str, src: str | Path, dst: str | Path, progress: bool = False) 
         "modality": modalities.pop() if len(modalities) == 1 else "mixed",
         "mpp": mpps.pop() if len(mpps) == 1 else None,
         "provenance": {"source": str(src.resolve()), "converter": f"nucseg {nucseg.__version__}"},
+        "skipped": [{"file": k.path, "problem": k.problem} for k in skipped],
+        "warnings": [{"file": n.path, "warning": n.message} for n in notes],
     }
     write_text(dst / "dataset.json", json.dumps(info, indent=2))
     return info

@@ -72,14 +72,21 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
                   tta: bool = False, precision: str = "auto", progress: bool = True,
                   checkpoint: str | None = None, runtime: str | None = None) -> SegmentReport:
     """`nucseg segment`: each image through `Model.segment`'s steps and `Result.save`, the Python API's, so the
-    two give the same outputs."""
+    two give the same outputs. Holds `out_dir`'s lock while it runs (`nucseg.io.lock`)."""
     from nucseg.engine.model import Model
-    from nucseg.result import Result
+    from nucseg.io.lock import output_lock
 
     files = collect_inputs(inputs)
     if not files:
         raise ValueError("no input images (png/jpg/tif) found")
-    loaded = Model(model, checkpoint, runtime, precision, threads, batch_size, tta)
+    loaded = Model(model, checkpoint, runtime, precision, threads, batch_size, tta)  # a bad name fails before
+    with output_lock(out_dir):  # one job per output folder: a second is refused, naming the first
+        return _segment(files, Path(out_dir), loaded, outputs, mpp, progress)
+
+
+def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | None, progress: bool) -> SegmentReport:
+    from nucseg.result import Result
+
     report = SegmentReport()
     items = files
     if progress:

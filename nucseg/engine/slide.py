@@ -269,30 +269,34 @@ def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = N
                    progress: bool = True, on_tile=None) -> list[SlideReport]:
     """Segment each slide into `out_dir/<stem>/`. `on_tile(index)` is called after each recorded tile (tests use
     it to interrupt a job). Returns one report per slide: a slide that cannot be read, or whose folder holds a job
-    with other settings, is reported (`message`, no `out`) and the others go on."""
+    with other settings, is reported (`message`, no `out`) and the others go on. The job holds `out_dir`'s lock
+    (`nucseg.io.lock`): while it runs, another job into the same folder raises FolderLocked."""
     from nucseg.engine.device import configure_malloc, set_threads
     from nucseg.engine.segment import resolve_model
+    from nucseg.io.lock import output_lock
 
     configure_malloc()
     set_threads(threads)
-    job = _Job(resolve_model(model), Path(out_dir), mpp, tile, margin, batch_size, post_workers, use_tissue,
-               runtime, restart, progress, on_tile)
-    job.client = _dask_client(workers, scheduler) if (workers or scheduler) else None
-    reports = []
-    try:
-        for path in slides:
-            report = SlideReport(str(path))
-            reports.append(report)
-            t0 = time.perf_counter()
-            try:
-                with open_slide(path, mpp) as slide:
-                    job.run(path, slide, report)
-            except (InputError, ValueError, OSError) as exc:
-                report.message = exc.problem if isinstance(exc, InputError) else str(exc)
-            report.seconds = time.perf_counter() - t0
-    finally:
-        if job.client is not None:
-            job.client.close()
+    resolved = resolve_model(model)
+    with output_lock(out_dir):  # a second job into this folder is refused here, naming the first
+        job = _Job(resolved, Path(out_dir), mpp, tile, margin, batch_size, post_workers, use_tissue, runtime,
+                   restart, progress, on_tile)
+        job.client = _dask_client(workers, scheduler) if (workers or scheduler) else None
+        reports = []
+        try:
+            for path in slides:
+                report = SlideReport(str(path))
+                reports.append(report)
+                t0 = time.perf_counter()
+                try:
+                    with open_slide(path, mpp) as slide:
+                        job.run(path, slide, report)
+                except (InputError, ValueError, OSError) as exc:
+                    report.message = exc.problem if isinstance(exc, InputError) else str(exc)
+                report.seconds = time.perf_counter() - t0
+        finally:
+            if job.client is not None:
+                job.client.close()
     return reports
 
 

@@ -48,12 +48,12 @@ class SlideWriter:
         self.columns = [c for c in columns if c not in ("id", "centroid_x", "centroid_y")]
         self.count = 0
         names = ("nuclei.geojson", "nuclei.csv", "nuclei.sqlite", "labels.zarr", "overview.png")
-        self._tmp = {n: self.out_dir / f".{Path(n).stem}.partial{Path(n).suffix}" for n in names}
-        for p in self._tmp.values():
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        # named by this process, so no two jobs ever write one file; the folder's lock (nucseg.io.lock) is held, so
+        # partial files already here are a killed job's: removed
+        for n in names:
+            for stale in self.out_dir.glob(f".{Path(n).stem}.*partial{Path(n).suffix}"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        self._tmp = {n: self.out_dir / f".{Path(n).stem}.{os.getpid()}.partial{Path(n).suffix}" for n in names}
         w, h = work_size
         # zarr format 2: what OME-Zarr 0.4, napari-ome-zarr and QuPath's readers expect
         root = zarr.open_group(str(self._tmp["labels.zarr"]), mode="w", zarr_format=2)
@@ -194,3 +194,8 @@ class SlideWriter:
         for f in (self._geojson, self._csv_file):
             f.close()
         self._db.close()
+        for tmp in self._tmp.values():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.data.readers.base import files_with, find_image, make_sample, register_reader, require_nonempty
+from nucseg.data.readers.base import (
+    Deferred,
+    deferred,
+    files_with,
+    find_image,
+    make_sample,
+    register_reader,
+    require_nonempty,
+)
 from nucseg.io.images import InputError, read_label
 from nucseg.labels import class_map_to_instance_classes
 from nucseg.structures import Modality, Sample
@@ -63,8 +71,8 @@ def read_canonical_one(src: Path, stem: str, info: dict | None = None, annotatio
 
 
 @register_reader("nucseg", "the canonical layout: images/, labels/ (16-bit instances), types/, dataset.json")
-def read_canonical(src: Path) -> Iterator[Sample]:
+def read_canonical(src: Path) -> Iterator[Deferred]:
     src = Path(src)
     info = dataset_info(src)
     for stem in list_ids(src):
-        yield read_canonical_one(src, stem, info)
+        yield deferred(src / "labels" / stem, read_canonical_one, src, stem, info)

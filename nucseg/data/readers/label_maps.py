@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.data.readers.base import (
+    Deferred,
+    deferred,
     files_with,
     find_image,
     find_subdir,
@@ -60,7 +62,7 @@ def read_hovernet_annotation(path: Path) -> tuple[np.ndarray, dict[int, int] | N
 
 
 @register_reader("consep", "HoVer-Net/CoNSeP: Images/ + Labels/ with .mat (inst_map, type_map|inst_type) or .npy")
-def read_consep(src: Path) -> Iterator[Sample]:
+def read_consep(src: Path) -> Iterator[Deferred]:
     src = Path(src)
     label_dir = find_subdir(src, LABEL_DIRS) or src
     image_dirs = [d for d in (find_subdir(src, IMAGE_DIRS), src) if d is not None]
@@ -68,8 +70,12 @@ def read_consep(src: Path) -> Iterator[Sample]:
     stems = {p.stem for p in anns if p.suffix == ".npy"}
     anns = [p for p in anns if not (p.suffix == ".mat" and p.stem in stems)]  # .mat beside .npy holds inst_type
     for ann in require_nonempty(anns, label_dir, ".mat/.npy annotation files"):
-        labels, classes = read_hovernet_annotation(ann)
-        yield make_sample(find_image(ann.stem, image_dirs, ann), labels, ann, "consep", classes=classes)
+        yield deferred(ann, _consep_sample, ann, image_dirs)
+
+
+def _consep_sample(ann: Path, image_dirs: list[Path]) -> Sample:
+    labels, classes = read_hovernet_annotation(ann)
+    return make_sample(find_image(ann.stem, image_dirs, ann), labels, ann, "consep", classes=classes)
 
 
 def read_cpm_mask(path: Path) -> np.ndarray:
@@ -80,8 +86,8 @@ def read_cpm_mask(path: Path) -> np.ndarray:
             values = np.loadtxt(f, dtype=np.int64, ndmin=1)
     except (OSError, ValueError) as exc:
         raise InputError(path, f"cannot parse ASCII label map ({exc})") from None
-    if len(header) != 2:
-        raise InputError(path, "first line must be 'width height'")
+    if len(header) != 2 or not all(v.isdigit() for v in header):
+        raise InputError(path, f"first line must be 'width height', found {' '.join(header)[:40]!r}")
     w, h = int(header[0]), int(header[1])
     if values.size != w * h:
         raise InputError(path, f"expected {w}×{h} = {w * h} labels, found {values.size}")
@@ -89,18 +95,22 @@ def read_cpm_mask(path: Path) -> np.ndarray:
 
 
 @register_reader("cpm", "CPM-15/17: <id>.png + <id>_mask.txt ASCII label maps")
-def read_cpm(src: Path) -> Iterator[Sample]:
+def read_cpm(src: Path) -> Iterator[Deferred]:
     src = Path(src)
     for ann in require_nonempty(sorted(src.glob("*_mask.txt")), src, "'<id>_mask.txt' label maps"):
         stem = ann.name[: -len("_mask.txt")]
-        yield make_sample(find_image(stem, [src, src / "images"], ann), read_cpm_mask(ann), ann, "cpm")
+        yield deferred(ann, _cpm_sample, ann, stem, src)
+
+
+def _cpm_sample(ann: Path, stem: str, src: Path) -> Sample:
+    return make_sample(find_image(stem, [src, src / "images"], ann), read_cpm_mask(ann), ann, "cpm")
 
 
 PANNUKE_CLASSES = {1: "neoplastic", 2: "inflammatory", 3: "connective", 4: "dead", 5: "epithelial"}
 
 
 @register_reader("pannuke", "PanNuke: images.npy (N×256×256×3), masks.npy (N×256×256×6), types.npy")
-def read_pannuke(src: Path) -> Iterator[Sample]:
+def read_pannuke(src: Path) -> Iterator[Deferred]:
     src = Path(src)
     found = {name: sorted(src.rglob(name)) for name in ("images.npy", "masks.npy", "types.npy")}
     if not found["images.npy"] or not found["masks.npy"]:
@@ -108,37 +118,53 @@ def read_pannuke(src: Path) -> Iterator[Sample]:
     if len(found["images.npy"]) != len(found["masks.npy"]):
         raise InputError(src, "different numbers of images.npy and masks.npy files")
     for fold, (img_path, mask_path) in enumerate(zip(found["images.npy"], found["masks.npy"]), start=1):
-        images = np.load(img_path, mmap_mode="r")
-        masks = np.load(mask_path, mmap_mode="r")
         types_path = next((p for p in found["types.npy"] if p.parent == img_path.parent), None)
-        tissues = np.load(types_path) if types_path else None
-        if images.ndim != 4 or masks.ndim != 4 or masks.shape[-1] != 6:
-            raise InputError(mask_path, f"expected N×H×W×6 masks, got {masks.shape}")
-        if images.shape[:3] != masks.shape[:3]:
-            raise InputError(mask_path, f"mask size {masks.shape[1:3]} differs from image size {images.shape[1:3]}")
-        for n in range(images.shape[0]):
-            image = np.asarray(images[n])
-            image = np.clip(image, 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
-            labels = np.zeros(image.shape[:2], np.int32)
-            classes: dict[int, int] = {}
-            next_id = 1
-            for ch in range(5):  # the last channel is background
-                layer = np.asarray(masks[n, ..., ch]).astype(np.int64)
-                for i in instance_ids(layer):
-                    labels[layer == i] = next_id
-                    classes[next_id] = ch + 1
-                    next_id += 1
-            meta = {"id": f"fold{fold}_{n:05d}", "fold": fold}
-            if tissues is not None:
-                meta["tissue"] = str(tissues[n])
-            yield make_sample(img_path, labels, mask_path, "pannuke", classes=classes, image=image, **meta)
+        yield deferred(mask_path, _pannuke_fold, fold, img_path, mask_path, types_path)
+
+
+def _pannuke_fold(fold: int, img_path: Path, mask_path: Path, types_path: Path | None) -> Iterator[Sample]:
+    """The samples of one fold, streamed from memory-mapped arrays (checked before the first is built)."""
+    images = _load_npy(img_path)
+    masks = _load_npy(mask_path)
+    tissues = _load_npy(types_path, mmap=False) if types_path else None
+    if images.ndim != 4 or masks.ndim != 4 or masks.shape[-1] != 6:
+        raise InputError(mask_path, f"expected N×H×W×6 masks, got {masks.shape}")
+    if images.shape[:3] != masks.shape[:3]:
+        raise InputError(mask_path, f"mask size {masks.shape[1:3]} differs from image size {images.shape[1:3]}")
+    return _pannuke_samples(fold, images, masks, tissues, img_path, mask_path)
+
+
+def _load_npy(path: Path, mmap: bool = True) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(path, f"cannot read .npy array ({type(exc).__name__}: {exc})") from None
+
+
+def _pannuke_samples(fold, images, masks, tissues, img_path, mask_path) -> Iterator[Sample]:
+    for n in range(images.shape[0]):
+        image = np.asarray(images[n])
+        image = np.clip(image, 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
+        labels = np.zeros(image.shape[:2], np.int32)
+        classes: dict[int, int] = {}
+        next_id = 1
+        for ch in range(5):  # the last channel is background
+            layer = np.asarray(masks[n, ..., ch]).astype(np.int64)
+            for i in instance_ids(layer):
+                labels[layer == i] = next_id
+                classes[next_id] = ch + 1
+                next_id += 1
+        meta = {"id": f"fold{fold}_{n:05d}", "fold": fold}
+        if tissues is not None:
+            meta["tissue"] = str(tissues[n])
+        yield make_sample(img_path, labels, mask_path, "pannuke", classes=classes, image=image, **meta)
 
 
 _MASK_SUFFIXES = ("", "_mask", "_label", "_labels", "_masks", "-mask", "_inst")
 
 
 @register_reader("folder", "generic images/ + masks/ (or labels/) label images (png/tif/npy), matched by name")
-def read_folder(src: Path) -> Iterator[Sample]:
+def read_folder(src: Path) -> Iterator[Deferred]:
     src = Path(src)
     image_dir = find_subdir(src, IMAGE_DIRS)
     mask_dir = find_subdir(src, ("masks", "Masks", "labels", "Labels"))
@@ -155,8 +181,12 @@ def read_folder(src: Path) -> Iterator[Sample]:
         by_stem[stem] = m
     type_dir = find_subdir(src, ("types", "Types"))
     for stem, mask in sorted(by_stem.items()):
-        labels = read_label(mask)
-        classes = None
-        if type_dir is not None and (type_dir / f"{stem}.png").is_file():
-            classes = class_map_to_instance_classes(labels, read_label(type_dir / f"{stem}.png"))
-        yield make_sample(find_image(stem, [image_dir], mask), labels, mask, "folder", classes=classes)
+        yield deferred(mask, _folder_sample, stem, mask, image_dir, type_dir)
+
+
+def _folder_sample(stem: str, mask: Path, image_dir: Path, type_dir: Path | None) -> Sample:
+    labels = read_label(mask)
+    classes = None
+    if type_dir is not None and (type_dir / f"{stem}.png").is_file():
+        classes = class_map_to_instance_classes(labels, read_label(type_dir / f"{stem}.png"))
+    return make_sample(find_image(stem, [image_dir], mask), labels, mask, "folder", classes=classes)
