@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from format_fixtures import FORMATS, _aperio, build, polygons, sample
+from format_fixtures import FORMATS, _aperio, _gbm, build, polygons, sample
 
 from nucseg.cli import main
 from nucseg.data.convert import convert
@@ -139,13 +139,16 @@ def test_a_nan_vertex_is_a_named_error_not_300000_pixels(tmp_path):
         list(read_samples("monuseg", tmp_path))
 
 
-def test_a_vertex_far_outside_the_image_is_a_named_error(tmp_path):
+@pytest.mark.parametrize("fmt", ["monuseg", "gbm"])
+def test_a_vertex_far_outside_the_image_is_a_named_error(tmp_path, fmt):
     polys = polygons(sample(0).instances)
     polys[0] = polys[0].copy()
     polys[0][1, 0] = -7.5e14
-    monuseg_with(tmp_path, polys)
-    with pytest.raises(InputError, match=r"Region 1 \(Id=1\): vertex \(-7.5e\+14, .*\) lies far outside the 64×64"):
-        list(read_samples("monuseg", tmp_path))
+    files = build(fmt, tmp_path, 1)
+    files["img0"].write_text(_aperio(polys) if fmt == "monuseg" else _gbm(polys))
+    name = r"Region 1 \(Id=1\)" if fmt == "monuseg" else "Shape 1"
+    with pytest.raises(InputError, match=rf"{name}: vertex \(-7.5e\+14, .*\) lies far outside the 64×64 image"):
+        list(read_samples(fmt, tmp_path))
 
 
 def test_vertices_just_past_the_border_are_fine(tmp_path):
