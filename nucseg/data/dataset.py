@@ -231,8 +231,10 @@ class PatchDataset:
     """Map-style dataset of `length` random patches; item i is a pure function of (seed, i)."""
 
     def __init__(self, data_cfg: DataConfig, targets_fn, length: int, seed: int = 0, split: str = "train",
-                 foreground_targets_fn=None, targets_use_image: bool = False, targets_use_classes: bool = False):
+                 foreground_targets_fn=None, targets_use_image: bool = False, targets_use_classes: bool = False,
+                 image_planes_fn=None):
         self.cfg = data_cfg
+        self.image_planes_fn = image_planes_fn  # a method's per-image side input (Method.image_planes)
         self.targets_use_image = targets_use_image
         self.targets_use_classes = targets_use_classes
         normalizer = stain_normalizer(data_cfg)
@@ -304,6 +306,10 @@ class PatchDataset:
             out["valid"] = (~rim[m : m + p, m : m + p]).astype(np.float32)
         out["labelled"] = np.float32(0.0 if ds.foreground_only else 1.0)
         out["image"] = np.ascontiguousarray(image[m : m + p, m : m + p].transpose(2, 0, 1))
+        if self.image_planes_fn is not None:  # of the whole (unaugmented) image, as the Predictor computes it
+            if "image_planes" not in sample.meta:
+                sample.meta["image_planes"] = np.asarray(self.image_planes_fn(sample.image), np.float32)
+            out["image_planes"] = sample.meta["image_planes"]
         return out
 
 

@@ -84,6 +84,7 @@ class Predictor:
         from nucseg.engine.runtime import openvino_or_none, resolve_runtime
 
         self.weight = gaussian_window(self.cfg.window)
+        self.planes = self.method.image_plane_count  # per-image side input appended after the channels
         if self.prebuilt is not None:
             self._openvino, self.runtime = self.prebuilt, "openvino"
             return
@@ -94,12 +95,12 @@ class Predictor:
         if self.cfg.fold_batchnorm and self.method.blendable:
             from nucseg.models.fusion import fold_batchnorm
 
-            example = torch.rand(1, self.channels, 64, 64, device=self.device)
+            example = torch.rand(1, self.channels + self.planes, 64, 64, device=self.device)
             self.model = fold_batchnorm(self.model, example)
         self.runtime = resolve_runtime(self.runtime, self.device, self.precision)
         self._openvino = None
         if self.runtime == "openvino":
-            self._openvino = openvino_or_none(self.method, self.model, self.channels, self.runtime_key)
+            self._openvino = openvino_or_none(self.method, self.model, self.channels + self.planes, self.runtime_key)
         if self._openvino is None:
             self.runtime = "torch"
 
@@ -138,7 +139,7 @@ class Predictor:
         runtime = resolve_runtime(runtime or cfg.infer.runtime, device, precision) if method.blendable else "torch"
         key = None
         if runtime == "openvino":
-            key = checkpoint_key(path, cfg.infer.fold_batchnorm, cfg.data.channels)
+            key = checkpoint_key(path, cfg.infer.fold_batchnorm, cfg.data.channels + method.image_plane_count)
             try:
                 cached = OpenVINODense.cached(key)
             except Exception:  # an unreadable cache entry: drop it, so it is exported again below
@@ -149,15 +150,37 @@ class Predictor:
         _, model, _ = build_from_checkpoint(path, ckpt)
         return cls.for_run(method, model, cfg, device, precision, runtime, key)
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
+    def prepare(self, image: np.ndarray, planes: np.ndarray | None = None) -> np.ndarray:
+        """uint8 H×W×(channels + planes): the model's channels, then the method's per-image planes as constants,
+        `planes` when given (a slide's, or a whole image's for its tiles), else computed from this image."""
+        image = self._channels(image)
+        if not self.planes:
+            return image
+        values = self.method.image_planes(image) if planes is None else planes
+        constant = np.broadcast_to(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8),
+                                   (*image.shape[:2], self.planes))
+        return np.concatenate([image, constant], axis=-1)
+
+    def _channels(self, image: np.ndarray) -> np.ndarray:
         image = to_uint8(image if image.ndim == 3 else image[..., None])
         if self.normalizer is not None:
             image = self.normalizer.transform(image)
         return to_channels(image, self.channels)
 
+    def image_planes_of(self, image: np.ndarray) -> np.ndarray | None:
+        """The method's per-image values for a whole image (or a slide's thumbnail); None when it has none."""
+        if not self.planes:
+            return None
+        return np.asarray(self.method.image_planes(self._channels(image)), np.float32)
+
     @torch.no_grad()
     def _forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = normalize(torch.from_numpy(batch).to(self.device), self.input_scale)
+        x = torch.from_numpy(batch).to(self.device)
+        if self.planes:  # the image's channels are normalised; the side planes go in as [0, 1]
+            c = self.channels
+            x = torch.cat([normalize(x[:, :c], self.input_scale), x[:, c:].float() / 255.0], 1)
+        else:
+            x = normalize(x, self.input_scale)
         if self._openvino is None:
             x = x.contiguous(memory_format=torch.channels_last)
         flips = [(), (-1,), (-2,), (-2, -1)] if self.cfg.tta and self.method.blendable else [()]
@@ -194,10 +217,11 @@ class Predictor:
             return {k: v[0, :, :h, :w] for k, v in out.items()}
         return self._dense_region(self._pad_to_window(image), (0, h, 0, w))
 
-    def dense_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def dense_batch(self, images: list[np.ndarray], planes: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
         """Dense maps of equally sized images (slide tiles) in one forward pass: no windows and no blending, so the
-        tile size sets the memory. Height and width must be multiples of 32 (the encoder's stride)."""
-        batch = np.stack([self.prepare(im).transpose(2, 0, 1) for im in images])
+        tile size sets the memory. Height and width must be multiples of 32 (the encoder's stride). `planes`: the
+        whole image's or slide's side input (`image_planes_of`); without it each tile's own."""
+        batch = np.stack([self.prepare(im, planes).transpose(2, 0, 1) for im in images])
         if batch.shape[2] % 32 or batch.shape[3] % 32:
             raise ValueError(f"tile size {batch.shape[2]}×{batch.shape[3]} is not a multiple of 32")
         out = self._forward(np.ascontiguousarray(batch))
@@ -260,7 +284,8 @@ class Predictor:
 
         margin = self.cfg.block_margin
         h, w = image.shape[:2]
-        return self.segment_tiles(image, default_tile(self.cfg.window, margin, w, h), margin, progress)
+        return self.segment_tiles(image, default_tile(self.cfg.window, margin, w, h), margin, progress,
+                                  self.image_planes_of(image))
 
     def _segment_rescaled(self, image: np.ndarray, scale: float, progress=None) -> Instances:
         import cv2
@@ -277,7 +302,8 @@ class Predictor:
         return Instances(labels, {i: c for i, c in inst.classes.items() if i in kept},
                          {i: s for i, s in inst.scores.items() if i in kept})
 
-    def segment_tiles(self, image: np.ndarray, tile: int, margin: int, progress=None) -> Instances:
+    def segment_tiles(self, image: np.ndarray, tile: int, margin: int, progress=None,
+                      planes: np.ndarray | None = None) -> Instances:
         """Segment tile by tile with `margin` pixels of context (`nucseg.postprocess.tiles`: the mechanism slides use
         too). Each tile keeps the nuclei whose centroid lies in its core, so none is cut or counted twice when the
         margin is wider than a nucleus."""
@@ -292,7 +318,7 @@ class Predictor:
         for i in range(0, len(tiles), max(self.cfg.batch_size, 1)):
             chunk = tiles[i : i + max(self.cfg.batch_size, 1)]
             crops = [image[t.region[1] : t.region[3], t.region[0] : t.region[2]] for t in chunk]
-            dense = self.dense_batch([pad_to_tile(c if c.ndim == 3 else c[..., None], tile) for c in crops])
+            dense = self.dense_batch([pad_to_tile(c if c.ndim == 3 else c[..., None], tile) for c in crops], planes)
             for t, crop, maps in zip(chunk, crops, dense):
                 ch, cw = crop.shape[:2]
                 inst = self.method.postprocess({k: v[:, :ch, :cw] for k, v in maps.items()})

@@ -52,10 +52,13 @@ class SlidePlan:
     margin: int
     grid: tuple[int, int]  # tile columns, rows
     tiles: list[Tile] = field(default_factory=list)  # those with tissue
+    # the method's per-image side input, decided once from the slide's thumbnail (Method.image_planes), or None
+    image_planes: tuple[float, ...] | None = None
 
     def settings(self) -> dict:
         d = asdict(self)
         d.pop("tiles")
+        d.pop("image_planes")  # derived from the slide and the model, which the settings already pin
         d["tile_indices"] = [t.index for t in self.tiles]
         return d
 
@@ -222,7 +225,8 @@ def run_tiles(slide_path: str, mpp: float | None, model_file: str, runtime: str 
               plan: SlidePlan, tiles: list[Tile]) -> list[tuple[int, bytes | None, str | None]]:
     """Read, predict and post-process `tiles` in one worker: the Dask task. Returns (index, payload, error)."""
     predictor = _worker_predictor(model_file, runtime, threads)
-    predicted, failed = predict_tiles(predictor, read_tiles(_worker_slide(slide_path, mpp), plan, tiles))
+    predicted, failed = predict_tiles(predictor, read_tiles(_worker_slide(slide_path, mpp), plan, tiles),
+                                      plan.image_planes)
     out = [(t.index, None, error) for t, error in failed]
     for t, image, maps in predicted:  # the task's tiles are one forward batch (--batch-size)
         try:
@@ -243,14 +247,16 @@ def read_tiles(slide: Slide, plan: SlidePlan, tiles: list[Tile]) -> list[tuple[T
     return out
 
 
-def predict_tiles(predictor, items) -> tuple[list[tuple[Tile, np.ndarray, dict]], list[tuple[Tile, str]]]:
-    """The readable tiles of `read_tiles` through one forward batch: ((tile, image, maps)...), ((tile, error)...)."""
+def predict_tiles(predictor, items, planes=None) -> tuple[list[tuple[Tile, np.ndarray, dict]], list[tuple[Tile, str]]]:
+    """The readable tiles of `read_tiles` through one forward batch: ((tile, image, maps)...), ((tile, error)...).
+    `planes`: the slide's side input for a method that takes one (`SlidePlan.image_planes`)."""
     failed = [(t, error) for t, _, error in items if error is not None]
     good = [(t, image) for t, image, error in items if error is None]
     if not good:
         return [], failed
     try:
-        dense = predictor.dense_batch([image for _, image in good])
+        planes = None if planes is None else np.asarray(planes, np.float32)
+        dense = predictor.dense_batch([image for _, image in good], planes)
     except Exception as exc:
         return [], failed + [(t, tile_error(t, exc)) for t, _ in good]
     return [(t, image, maps) for (t, image), maps in zip(good, dense)], failed
@@ -327,6 +333,19 @@ class _Job:
             return str(resolve_checkpoint_file(WEIGHTS / SHIPPED[detect_modality(thumb)]))
         return str(resolve_checkpoint_file(self.resolved))
 
+    def _image_planes(self, model_file: str, thumb: np.ndarray):
+        """The slide's side input, from its thumbnail (None for the methods without one). With Dask the model
+        lives in the workers: a predictor is built here only for a method that takes planes."""
+        predictor = self.predictors.get(model_file)
+        if predictor is None:
+            from nucseg.engine.checkpoints import load_checkpoint, method_from_checkpoint
+            from nucseg.engine.infer import Predictor
+
+            if not method_from_checkpoint(model_file, load_checkpoint(model_file))[0].image_plane_count:
+                return None
+            predictor = self.predictors[model_file] = Predictor.from_checkpoint(model_file, runtime=self.runtime)
+        return predictor.image_planes_of(thumb)
+
     def run(self, path, slide: Slide, report: SlideReport) -> None:
         from nucseg.engine.infer import Predictor
 
@@ -338,6 +357,8 @@ class _Job:
         tissue = tissue_mask(thumb, thumb_down) if self.use_tissue else None
         border = cfg["block_margin"] if self.margin is None else self.margin
         plan = plan_slide(slide, cfg["mpp"], self.tile, border, tissue, default_window=cfg["window"])
+        planes = self._image_planes(model_file, thumb)
+        plan.image_planes = None if planes is None else tuple(float(v) for v in planes)
         stem = Path(path).name.split(".")[0]
         job_dir = self.out_dir / stem
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -445,7 +466,7 @@ def _run_local(slide: Slide, predictor, plan: SlidePlan, todo: list[Tile], batch
                 items = ahead.result()
                 if k + 1 < len(batches):
                     ahead = reader.submit(read_tiles, slide, plan, batches[k + 1])
-                predicted, failed = predict_tiles(predictor, items)
+                predicted, failed = predict_tiles(predictor, items, plan.image_planes)
                 for t, error in failed:
                     record(t.index, None, error)
                 for t, im, d in predicted:

@@ -269,7 +269,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     dataset = PatchDataset(cfg.data, method.targets, total_samples, seed=cfg.train.seed,
                            foreground_targets_fn=method.foreground_targets if method.trains_on_masks else None,
                            targets_use_image=method.targets_use_image,
-                           targets_use_classes=method.targets_use_classes)
+                           targets_use_classes=method.targets_use_classes,
+                           image_planes_fn=method.image_planes if method.image_plane_count else None)
     loader = DataLoader(dataset, batch_size=cfg.train.batch_size,
                         sampler=_StepSampler(start_step, cfg.train.steps, cfg.train.batch_size, rank, world),
                         num_workers=cfg.train.workers, persistent_workers=cfg.train.workers > 0)
@@ -304,8 +305,11 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         for name, lr in lrs.items():
             for group in optimizers[name].param_groups:
                 group["lr"] = lr
-        images = normalize(batch.pop("image").to(device), cfg.data.input_scale).contiguous(
-            memory_format=torch.channels_last)
+        images = normalize(batch.pop("image").to(device), cfg.data.input_scale)
+        if "image_planes" in batch:  # the whole image's side input, as the Predictor appends it at inference
+            planes = batch.pop("image_planes").to(device)
+            images = torch.cat([images, planes[:, :, None, None].expand(-1, -1, *images.shape[2:])], 1)
+        images = images.contiguous(memory_format=torch.channels_last)
         batch = {k: v.to(device) for k, v in batch.items()}
         logged: dict[str, torch.Tensor] = {}
         updates = method.training_step(ddp_model, images, batch, stage.name)

@@ -123,6 +123,18 @@ class Method:
     def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
         raise NotImplementedError
 
+    # Per-image side input: values decided once from a whole image (or a slide's thumbnail), never per window, which
+    # the engine appends to the network's input as constant planes after the image's channels (normalised to [0, 1]),
+    # so every window, tile, flip and batch of one image carries the same values, in training too (computed from the
+    # whole training image, not the patch) and in the OpenVINO export (the graph takes channels + planes).
+    @property
+    def image_plane_count(self) -> int:
+        return 0
+
+    def image_planes(self, image: np.ndarray) -> np.ndarray:
+        """`image_plane_count` values in [0, 1] for a whole H×W×C uint8 image in the model's channels."""
+        return np.zeros(0, np.float32)
+
 
 def register_method(cls: type[Method]) -> type[Method]:
     _METHODS[cls.name] = cls

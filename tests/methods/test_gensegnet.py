@@ -317,3 +317,35 @@ def test_the_two_channel_segmenter_sees_the_grey_image_past_the_generator():
     assert not torch.allclose(*logits["grey+enhanced"])
     with pytest.raises(ValueError, match="grey\\+enhanced needs the generator"):
         get_method("gensegnet")({**small, "segmenter_input": "grey+enhanced", "generator": "none"})
+
+
+def test_modality_is_decided_once_per_image_for_every_window_and_tile():
+    """`modality: auto`: an image that is mostly brightfield with a dark third is converted as brightfield in every
+    window of the blended pass and in every tile, although the dark window alone would read as fluorescence; an
+    all-dark image as fluorescence everywhere. The decision travels as the engine's side input (one constant plane)."""
+    from nucseg.engine.config import InferConfig
+    from nucseg.engine.infer import Predictor
+
+    method = get_method("gensegnet")(**TINY)
+    model = method.build_model().eval()
+    seen = []
+    model.grey.register_forward_pre_hook(lambda _m, args: seen.append(args[1].flatten().tolist()))
+    image = np.full((64, 192, 3), 235, np.uint8)
+    image[:, :64] = 10  # a dark third
+    image[20:40, 20:40] = 200  # a bright "nucleus" in it
+    predictor = Predictor(method, model, InferConfig(window=64, overlap=16, batch_size=1, block_margin=16),
+                          runtime="torch")
+    assert predictor.planes == 1 and predictor.image_planes_of(image).tolist() == [0.0]
+    # the failure this prevents: the dark window, judged alone, is fluorescence
+    assert method.image_planes(image[:, :64]).tolist() == [1.0]
+
+    seen.clear()  # the predictor's own probe pass (BatchNorm folding)
+    predictor.dense(image)
+    assert len(seen) > 2 and all(flags == [False] for flags in seen), seen
+    seen.clear()
+    predictor.segment(image)  # larger than the window: tile by tile
+    assert len(seen) >= 2 and all(flag is False for flags in seen for flag in flags), seen
+    seen.clear()
+    predictor.dense(np.full((64, 192, 3), 12, np.uint8))
+    assert seen and all(flags == [True] for flags in seen)
+    assert get_method("gensegnet")(**TINY, modality="fluorescence").image_plane_count == 0

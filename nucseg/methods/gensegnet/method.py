@@ -59,6 +59,9 @@ SEGMENTER_INPUTS = ("ideal", "enhanced", "grey+enhanced")
 class GeNSegConfig:
     # grey input (Sec. 3.4)
     modality: str = "auto"  # auto (per image: dark background = fluorescence) | fluorescence | brightfield
+    # auto: an image whose mean luminance (0-1) is below this is fluorescence; decided once per image or slide (the
+    # engine's side input, Method.image_planes), never per window or patch
+    auto_threshold: float = 0.4
     brightfield_channel: str = "haematoxylin"  # haematoxylin (colour deconvolution) | optical_density
     haematoxylin_scale: float = 2.0  # optical density mapped to 1 (median over nuclei in our H&E sets: 0.25-1.94)
     # ideal-nucleus targets (Sec. 3.1; nucseg.targets.ideal)
@@ -133,7 +136,7 @@ class GeNSegMethod(Method):
 
         c = self.config
         grey = GreyInput(NORMALIZE_MEAN[3], NORMALIZE_STD[3], c.modality, c.brightfield_channel,
-                         c.haematoxylin_scale)
+                         c.haematoxylin_scale, c.auto_threshold)
         generator = discriminator = None
         if self.enhances:
             generator = Generator(c.generator_channels, c.generator_blocks, c.generator_downsamplings,
@@ -202,6 +205,19 @@ class GeNSegMethod(Method):
             yield "segmenter", self.loss(out, batch)
         else:
             raise ValueError(f"unknown stage '{stage}'")
+
+    # --- per-image modality ---
+    @property
+    def image_plane_count(self) -> int:
+        return 1 if self.config.modality == "auto" else 0
+
+    def image_planes(self, image: np.ndarray) -> np.ndarray:
+        """[1.0] when the whole image is fluorescence (mean luminance below `auto_threshold`: a dark background),
+        else [0.0]; GreyInput then converts all of its windows, tiles and patches alike."""
+        rgb = image[..., :3].astype(np.float32) / 255.0
+        lum = float((rgb @ np.array([0.299, 0.587, 0.114], np.float32)).mean()) if rgb.shape[-1] == 3 \
+            else float(rgb.mean())
+        return np.array([1.0 if lum < self.config.auto_threshold else 0.0], np.float32)
 
     # --- inference ---
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -35,7 +35,9 @@ class GreyInput(nn.Module):
     colour deconvolution (Ruifrok & Johnston 2001), divided by `haematoxylin_scale` and clipped (nuclei stain dark
     blue, so high density; the DAB and eosin of the cytoplasm and stroma fall away), or with
     `brightfield_channel: optical_density` the mean optical density over RGB (any stain). `modality: auto` decides per
-    image: mean luminance below `auto_threshold` is fluorescence (a dark background), else brightfield.
+    image: mean luminance below `auto_threshold` is fluorescence (a dark background), else brightfield. The decision
+    comes in as `fluorescent` (N×1×1×1, from the whole image: `GeNSegMethod.image_planes`, the engine's side input),
+    so every window and tile of one image is converted alike; without it, each input decides from its own mean.
     A fixed scale, not per-image normalisation, so that a tile is converted as its whole image would be."""
 
     def __init__(self, mean, std, modality: str = "auto", brightfield_channel: str = "haematoxylin",
@@ -53,7 +55,7 @@ class GreyInput(nn.Module):
         stain = torch.linalg.inv(RGB_FROM_HED)[:, 0] if brightfield_channel == "haematoxylin" else torch.full((3,), 1 / 3)
         self.register_buffer("stain", stain.view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fluorescent: torch.Tensor | None = None) -> torch.Tensor:
         rgb = (x * self.std + self.mean).clamp(0, 1)
         if self.modality == "fluorescence":
             return (rgb * self.luminance).sum(1, keepdim=True)
@@ -62,7 +64,8 @@ class GreyInput(nn.Module):
         if self.modality == "brightfield":
             return bright
         lum = (rgb * self.luminance).sum(1, keepdim=True)
-        fluorescent = lum.mean((1, 2, 3), keepdim=True) < self.threshold
+        if fluorescent is None:
+            fluorescent = lum.mean((1, 2, 3), keepdim=True) < self.threshold
         return torch.where(fluorescent, lum, bright)
 
 
@@ -229,7 +232,11 @@ class GeNSegNet(nn.Module):
         return self._grey_and_enhanced(x)[1]
 
     def _grey_and_enhanced(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.grey(x) * 2 - 1
+        fluorescent = None
+        if x.shape[1] == 4:  # RGB + the whole image's modality plane (1 = fluorescence), constant over the image
+            x, plane = x[:, :3], x[:, 3:4]
+            fluorescent = plane.mean((2, 3), keepdim=True) > 0.5
+        g = self.grey(x, fluorescent) * 2 - 1
         return g, self.generator(g) if self.generator is not None else g
 
     def forward(self, x: torch.Tensor, mode: str = "segment", real: torch.Tensor | None = None) \
