@@ -20,6 +20,7 @@ import numpy as np
 
 from nucseg.data.augment import AugmentConfig, Augmenter
 from nucseg.data.modality import detect_modality
+from nucseg.data.prepare import stain_normalizer, to_channels, to_uint8  # noqa: F401 (their home: prepare.py)
 from nucseg.data.readers.canonical import dataset_info, list_ids, read_canonical_one
 from nucseg.structures import Sample
 
@@ -84,28 +85,6 @@ class DataConfig:
     class_names: dict[int, str] = field(default_factory=dict)
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """16-bit images are scaled by their 0.1/99.9 percentiles to uint8 (fluorescence often uses a fraction of the range)."""
-    if image.dtype == np.uint8:
-        return image
-    lo, hi = np.percentile(image, (0.1, 99.9))
-    scaled = (image.astype(np.float32) - lo) / max(hi - lo, 1.0)
-    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
-
-
-def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Convert an H×W×C image to the model's channel count (greyscale repeated to RGB, RGB to luminance)."""
-    c = image.shape[-1]
-    if c == channels:
-        return image
-    if channels == 3 and c == 1:
-        return np.repeat(image, 3, axis=-1)
-    if channels == 1 and c >= 3:
-        lum = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return lum.round().astype(image.dtype)[..., None]
-    raise ValueError(f"cannot convert a {c}-channel image to {channels} channels")
-
-
 def id_group(image_id: str, group_pattern: str | None) -> str:
     """The split group of an id: the first match of `group_pattern` (patches of one tile share it), else the id."""
     if group_pattern:
@@ -139,18 +118,6 @@ def split_ids(ids: list[str], val_fraction: float, seed: int, group_pattern: str
     train = [i for i in ids if group(i) not in val_groups]
     val = [i for i in ids if group(i) in val_groups]
     return train, val
-
-
-def stain_normalizer(data_cfg: DataConfig):
-    """The configured StainNormalizer fitted on its reference image, or None."""
-    if not data_cfg.stain_norm:
-        return None
-    from nucseg.data.stain import StainNormalizer
-    from nucseg.io.images import read_image
-
-    if not data_cfg.stain_reference:
-        raise ValueError("data.stain_norm needs data.stain_reference (an RGB image to normalise to)")
-    return StainNormalizer(data_cfg.stain_norm).fit(to_uint8(read_image(data_cfg.stain_reference)))
 
 
 def drop_annotations(labels: np.ndarray, keep_fraction: float, seed) -> np.ndarray:

@@ -9,17 +9,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nucseg.data.dataset import to_channels, to_uint8
+from nucseg.data.prepare import INPUT_SCALES, NORMALIZE_MEAN, NORMALIZE_STD, to_channels, to_uint8
 from nucseg.engine.config import InferConfig
 from nucseg.engine.device import autocast
 from nucseg.methods.base import Method
 from nucseg.structures import Instances
-
-NORMALIZE_MEAN = {3: (0.485, 0.456, 0.406), 1: (0.5,)}
-NORMALIZE_STD = {3: (0.229, 0.224, 0.225), 1: (0.25,)}
-
-
-INPUT_SCALES = ("imagenet", "unit")
 
 
 def normalize(images: torch.Tensor, scale: str = "imagenet") -> torch.Tensor:
@@ -110,7 +104,7 @@ class Predictor:
                 prebuilt=None) -> Predictor:
         """A predictor with the run's window, channels, runtime and stain normalisation (refitted from its
         reference)."""
-        from nucseg.data.dataset import stain_normalizer
+        from nucseg.data.prepare import stain_normalizer
         from nucseg.engine.device import default_device, resolve_precision
 
         device = device or default_device()

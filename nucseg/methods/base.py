@@ -22,17 +22,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
-from omegaconf import OmegaConf
 
-from nucseg.structures import Instances
+from nucseg.methods.inference import MethodInference
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet", "nucseg.methods.weaveseg", "nucseg.methods.frgnet", "nucseg.methods.gensegnet",
+_BUILTIN = ("nucseg.methods.unet.method", "nucseg.methods.weaveseg", "nucseg.methods.frgnet", "nucseg.methods.gensegnet",
            "nucseg.methods.sam_eunet3p", "nucseg.methods.cfr_sam")
 
 
@@ -47,29 +46,16 @@ class Stage:
     validate: bool = True
 
 
-class Method:
-    name: ClassVar[str] = ""
-    config_class: ClassVar[type] = object
-    # post-processing options `nucseg tune` may choose on the validation split: {option: candidate values}
-    tunable: ClassVar[dict[str, list]] = {}
+class Method(MethodInference):
+    """A method's training half over its inference half (`MethodInference`: config, post-processing, flips, side
+    input), which a deployed model uses without torch."""
+
     # whether `loss` honours batch["valid"] (0 on unannotated nuclei), so `data.keep_fraction` < 1 may train it
     partial_labels: ClassVar[bool] = False
     # whether `targets` / `foreground_targets` take the (augmented) image too: `image=` (FrGNet's Fourier guide)
     targets_use_image: ClassVar[bool] = False
     # whether `targets` takes the sample's nucleus classes, `classes=` {instance id: class} (None for a set without)
     targets_use_classes: ClassVar[bool] = False
-    # whether the dense outputs are maps that overlapping windows and flip TTA may average (probabilities,
-    # distances); False for a method whose outputs are instance maps (ids, classes, scores: CFR-SAM's), which the
-    # engine runs once per block, unblended, never flipped, in PyTorch
-    blendable: ClassVar[bool] = True
-
-    def __init__(self, config: Any = None, **overrides):
-        base = OmegaConf.structured(self.config_class)
-        if config is not None:
-            base = OmegaConf.merge(base, config)
-        if overrides:
-            base = OmegaConf.merge(base, overrides)
-        self.config = OmegaConf.to_object(base)
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -119,21 +105,6 @@ class Method:
         image's frame; None leaves the map out of the average (it is taken from the unflipped pass alone).
         Default: flipped back, right for scalar maps (probabilities, distances)."""
         return torch.flip(value, dims)
-
-    def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
-        raise NotImplementedError
-
-    # Per-image side input: values decided once from a whole image (or a slide's thumbnail), never per window, which
-    # the engine appends to the network's input as constant planes after the image's channels (normalised to [0, 1]),
-    # so every window, tile, flip and batch of one image carries the same values, in training too (computed from the
-    # whole training image, not the patch) and in the OpenVINO export (the graph takes channels + planes).
-    @property
-    def image_plane_count(self) -> int:
-        return 0
-
-    def image_planes(self, image: np.ndarray) -> np.ndarray:
-        """`image_plane_count` values in [0, 1] for a whole H×W×C uint8 image in the model's channels."""
-        return np.zeros(0, np.float32)
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -134,7 +134,7 @@ def test_a_nan_vertex_is_a_named_error_not_300000_pixels(tmp_path):
     polys = polygons(sample(0).instances)
     polys[2] = polys[2].copy()
     polys[2][4, 0] = np.nan
-    xml = monuseg_with(tmp_path, polys)
+    monuseg_with(tmp_path, polys)
     with pytest.raises(InputError, match=r"img0.xml: Region 3 \(Id=3\): vertex \(nan, .*\) is not a finite number"):
         list(read_samples("monuseg", tmp_path))
 

@@ -19,41 +19,19 @@ weighted `weight_types`; each instance takes the type most of its pixels vote fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn as nn
 
-from nucseg.labels import instance_means
 from nucseg.losses import soft_dice_loss
 from nucseg.methods.base import Method, register_method
+from nucseg.methods.unet.inference import UNetConfig, UNetInference, majority_types  # noqa: F401 (re-exported)
 from nucseg.methods.unet.model import UNet
-from nucseg.postprocess import WATERSHED_GRID, WatershedOptions, instances_from_maps
-from nucseg.structures import Instances
 from nucseg.targets import distance_map, three_class
 
 
-@dataclass
-class UNetConfig(WatershedOptions):
-    encoder: str = "efficientnet_lite0"
-    encoder_weights: str | None = None  # a path, or "efficientnet-lite0-imagenet" (pip package)
-    in_channels: int = 3
-    decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 48, 32, 16])
-    output_stride: int = 1  # 2 skips the full-resolution decoder block (faster; maps upsampled bilinearly)
-    boundary_width: int = 2
-    num_classes: int = 0  # nucleus types predicted per pixel (0: no type head)
-    weight_ce: float = 1.0
-    weight_dice: float = 1.0
-    weight_distance: float = 2.0
-    weight_types: float = 1.0
-
-
 @register_method
-class UNetMethod(Method):
-    name = "unet"
-    config_class = UNetConfig
-    tunable = WATERSHED_GRID
+class UNetMethod(UNetInference, Method):
     partial_labels = True
 
     @property
@@ -143,13 +121,6 @@ class UNetMethod(Method):
             dense["types"] = out["types"].float().softmax(1)
         return dense
 
-    def postprocess(self, dense: dict[str, np.ndarray]) -> Instances:
-        prob = dense["prob"]
-        foreground = prob[1] + prob[2]
-        labels = instances_from_maps(foreground, prob[1], dense["distance"][0], self.config)
-        classes = majority_types(labels, dense["types"]) if "types" in dense else {}
-        return Instances(labels, classes, scores=instance_means(labels, foreground))
-
 
 def type_targets(labels: np.ndarray, classes: dict[int, int] | None, num_classes: int) -> np.ndarray:
     """Per-pixel type target: 0 on background, the nucleus' type (1..K), -1 where it is not known."""
@@ -159,15 +130,3 @@ def type_targets(labels: np.ndarray, classes: dict[int, int] | None, num_classes
         if 0 < i < lookup.size and 0 < c <= num_classes:
             lookup[i] = c
     return lookup[labels]
-
-
-def majority_types(labels: np.ndarray, type_prob: np.ndarray) -> dict[int, int]:
-    """{instance: the nucleus type (1..K) most of its pixels predict}, background left out of the vote."""
-    if not labels.any():
-        return {}
-    vote = type_prob[1:].argmax(0) + 1
-    fg = labels > 0
-    ids, inverse = np.unique(labels[fg], return_inverse=True)
-    counts = np.zeros((ids.size, type_prob.shape[0]), np.int64)
-    np.add.at(counts, (inverse, vote[fg]), 1)
-    return {int(i): int(c) for i, c in zip(ids, counts.argmax(1))}
