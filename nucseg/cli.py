@@ -42,7 +42,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from nucseg.engine.tune import export_checkpoint
 
-    print(f"wrote {export_checkpoint(args.src, args.dst, args.set, fp16=args.fp16)}")
+    if args.dst is None:  # the graph of an existing deployable file, beside it
+        if not args.graph or args.set or args.fp16:
+            raise ValueError("give OUT.pt (or only --graph, to export the graph of SRC.pt beside it)")
+        dst = Path(args.src)
+    else:
+        dst = export_checkpoint(args.src, args.dst, args.set, fp16=args.fp16)
+        print(f"wrote {dst}")
+    if args.graph:
+        from nucseg.engine.runtime import export_graph
+
+        bundle = export_graph(dst)
+        print(f"wrote {bundle}, {bundle.with_suffix('.xml').name} and {bundle.with_suffix('.bin').name} (torch-free "
+              "inference, checked against torch)")
     return 0
 
 
@@ -197,10 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a deployable checkpoint (weights + config) from a run or checkpoint")
     p.add_argument("src", metavar="RUN_DIR|CKPT")
-    p.add_argument("dst", metavar="OUT.pt")
+    p.add_argument("dst", metavar="OUT.pt", nargs="?", help="omitted with --graph: the graph of SRC.pt, beside it")
     p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
                    help="record an inference setting with the model (e.g. infer.mpp=0.25)")
     p.add_argument("--fp16", action="store_true", help="store weights at half precision (half the file size)")
+    p.add_argument("--graph", action="store_true", help="also write the network as an OpenVINO graph with its "
+                   "config beside OUT.pt (OUT.xml/.bin/.json): segment then runs without torch")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("segment", help="segment images with a trained model (default: the shipped one)")

@@ -6,12 +6,14 @@ A checkpoint carries the resolved config (YAML text), so a model is rebuilt from
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 import nucseg
 from nucseg.engine.config import RunConfig, config_from_yaml, config_to_yaml
 from nucseg.io.images import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, fp16: bool = False,
@@ -29,6 +31,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: RunConfig, fp
         **state,
     }
     with atomic_path(path) as tmp:
+        import torch
+
         torch.save(payload, tmp)
     return Path(path)
 
@@ -49,6 +53,8 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     path = resolve_checkpoint_file(path)
     try:
+        import torch
+
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable nucseg checkpoint ({type(exc).__name__}: {exc})") from None

@@ -1,11 +1,14 @@
-"""Device, precision and thread settings."""
+"""Device, precision and thread settings. Torch is imported where a function needs it, so the torch-free
+inference path can use `configure_malloc` and `cpu_has_amx`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_has_amx() -> bool:
@@ -28,12 +31,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
+    import torch
+
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def set_threads(threads: int) -> None:
+    """torch's CPU threads (the exported-graph path takes its own `threads`; without torch this does nothing)."""
+    try:
+        import torch
+    except ImportError:
+        return
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -57,6 +67,8 @@ def select_device(name: str = "auto", local_rank: int = 0, world_size: int = 1) 
 
     Under DDP each process takes GPU `local_rank`; with more processes on a node than GPUs that would silently
     oversubscribe (or fail deep inside NCCL), so it is an error here that says what to do instead."""
+    import torch
+
     if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not '{name}'")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
@@ -71,6 +83,11 @@ def select_device(name: str = "auto", local_rank: int = 0, world_size: int = 1) 
                            f"at most {count} processes per node (torchrun --nproc_per_node {count}), or train on "
                            "the CPU with --set train.device=cpu")
     return torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+
+
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, without importing torch (its device nodes)."""
+    return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
 
 
 def default_device() -> torch.device:

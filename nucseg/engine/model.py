@@ -1,8 +1,9 @@
 """A loaded model for inference: `nucseg.load_model(...)` returns one, `nucseg segment` runs on one.
 
 A model is named as on the command line: a shipped name (he, fluo, ...), "auto" (the shipped H&E or fluorescence
-model, chosen per image as StarDist ships two), a run directory or a checkpoint file. Torch is imported when a
-predictor is first built, not when this module is, so `import nucseg` stays fast.
+model, chosen per image as StarDist ships two), a run directory or a checkpoint file. A checkpoint with an exported
+bundle beside it (`nucseg export --graph`; the shipped models have one) runs on numpy and OpenVINO alone, torch
+never imported (`load_predictor` says when); anything else imports torch when its predictor is first built.
 """
 
 from __future__ import annotations
@@ -53,25 +54,19 @@ class Model:
         return Path(key).stem
 
     def predictor(self, image: np.ndarray | None = None):
-        """(key, Predictor) for `image`: with "auto" the shipped model of the image's modality (`image` needed),
-        else the one model. Built on first use and kept."""
+        """(key, predictor) for `image`: with "auto" the shipped model of the image's modality (`image` needed),
+        else the one model. Built on first use and kept (`load_predictor`)."""
         from nucseg.data.modality import detect_modality
-        from nucseg.engine.checkpoints import resolve_checkpoint_file
-        from nucseg.engine.device import configure_malloc, default_device, set_threads
-        from nucseg.engine.infer import Predictor
         from nucseg.engine.segment import SHIPPED, WEIGHTS
 
         if self.is_auto and image is None:
             raise ValueError('model "auto" chooses per image: pass the image')
         key = detect_modality(image) if self.is_auto else str(self.resolved)
         if key not in self._predictors:
-            configure_malloc()
-            set_threads(self.threads)
             t0 = time.perf_counter()
             path = WEIGHTS / SHIPPED[key] if self.is_auto else self.resolved
-            self._predictors[key] = Predictor.from_checkpoint(resolve_checkpoint_file(path),
-                                                              self._device or default_device(), self.precision,
-                                                              self.runtime, self.batch_size, self.tta)
+            self._predictors[key] = load_predictor(path, self._device, self.precision, self.runtime,
+                                                   self.batch_size, self.tta, self.threads)
             self.load_seconds += time.perf_counter() - t0
         return key, self._predictors[key]
 
@@ -99,6 +94,61 @@ class Model:
         key, predictor = self.predictor(array)
         inst = predictor.segment(array, mpp, progress)
         return Result(inst, array, dict(predictor.class_names), mpp, self.name_for(key))
+
+
+def exported_bundle(path: str | os.PathLike, device=None, precision: str | None = "auto",
+                    runtime: str | None = None) -> Path | None:
+    """The exported bundle to run `path` with, or None for the torch Predictor: a bundle made from these exact bytes
+    exists, OpenVINO is installed, and nothing asks for torch (a torch device, runtime torch, bf16, or "auto" on a
+    machine where torch would choose better: an NVIDIA GPU, or a CPU with AMX for bf16)."""
+    from nucseg.engine.device import cpu_has_amx, gpu_present
+    from nucseg.engine.exported import openvino_importable, usable_bundle
+
+    if device is not None or runtime == "torch" or precision == "bf16":
+        return None
+    if runtime in (None, "auto") and (gpu_present() or (precision in (None, "auto") and cpu_has_amx())):
+        return None
+    if not openvino_importable():
+        return None
+    return usable_bundle(path)
+
+
+def load_predictor(path: str | os.PathLike, device=None, precision: str | None = "auto", runtime: str | None = None,
+                   batch_size: int | None = None, tta: bool = False, threads: int = 0):
+    """A predictor for a checkpoint file or run directory: the exported graph's (`ExportedPredictor`, no torch) when
+    `exported_bundle` allows, else the torch Predictor (which itself runs OpenVINO from its export cache on CPUs)."""
+    from nucseg.engine.device import configure_malloc
+
+    configure_malloc()
+    file = Path(path)
+    if file.is_dir():
+        from nucseg.engine.checkpoints import resolve_checkpoint_file
+
+        file = resolve_checkpoint_file(file)
+    bundle = exported_bundle(file, device, precision, runtime)
+    if bundle is not None:
+        from nucseg.engine.exported import ExportedPredictor
+
+        return ExportedPredictor.from_bundle(bundle, batch_size, tta, threads or None)
+    if not _torch_importable():
+        raise ValueError(f"{file}: this model has no exported graph beside it, so it needs torch: pip install "
+                         "nucseg[train] (or export one: nucseg export CKPT --graph, where torch is installed)")
+    from nucseg.engine.checkpoints import resolve_checkpoint_file
+    from nucseg.engine.device import default_device, set_threads
+    from nucseg.engine.infer import Predictor
+
+    set_threads(threads)
+    return Predictor.from_checkpoint(resolve_checkpoint_file(file), device or default_device(), precision, runtime,
+                                     batch_size, tta)
+
+
+def _torch_importable() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def load_model(model: str | os.PathLike | None = "auto", *, checkpoint: str | None = None,

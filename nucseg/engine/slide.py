@@ -209,11 +209,9 @@ class SlideReport:
 @lru_cache(maxsize=4)
 def _worker_predictor(model_file: str, runtime: str | None, threads: int):
     """One predictor per worker process and model (Dask workers keep it between tasks)."""
-    from nucseg.engine.device import set_threads
-    from nucseg.engine.infer import Predictor
+    from nucseg.engine.model import load_predictor
 
-    set_threads(threads)
-    return Predictor.from_checkpoint(model_file, runtime=runtime)
+    return load_predictor(model_file, runtime=runtime, threads=threads)
 
 
 @lru_cache(maxsize=8)
@@ -286,7 +284,7 @@ def segment_slides(slides: list[str], out_dir: str | Path, model: str | None = N
     resolved = resolve_model(model)
     with output_lock(out_dir):  # a second job into this folder is refused here, naming the first
         job = _Job(resolved, Path(out_dir), mpp, tile, margin, batch_size, post_workers, use_tissue, runtime,
-                   restart, progress, on_tile)
+                   restart, progress, on_tile, threads)
         job.client = _dask_client(workers, scheduler) if (workers or scheduler) else None
         reports = []
         try:
@@ -322,6 +320,7 @@ class _Job:
     restart: bool
     progress: bool
     on_tile: object
+    threads: int = 0  # CPU threads of the forward pass (0: all)
     client: object = None
     predictors: dict = field(default_factory=dict)
 
@@ -339,20 +338,21 @@ class _Job:
         predictor = self.predictors.get(model_file)
         if predictor is None:
             from nucseg.engine.checkpoints import load_checkpoint, method_from_checkpoint
-            from nucseg.engine.infer import Predictor
+            from nucseg.engine.model import load_predictor
 
             if not method_from_checkpoint(model_file, load_checkpoint(model_file))[0].image_plane_count:
                 return None
-            predictor = self.predictors[model_file] = Predictor.from_checkpoint(model_file, runtime=self.runtime)
+            predictor = self.predictors[model_file] = load_predictor(model_file, runtime=self.runtime,
+                                                                     threads=self.threads)
         return predictor.image_planes_of(thumb)
 
     def run(self, path, slide: Slide, report: SlideReport) -> None:
-        from nucseg.engine.infer import Predictor
+        from nucseg.engine.model import load_predictor
 
         thumb, thumb_down = slide.thumbnail()
         model_file = self.model_file(thumb)
         if self.client is None and model_file not in self.predictors:
-            self.predictors[model_file] = Predictor.from_checkpoint(model_file, runtime=self.runtime)
+            self.predictors[model_file] = load_predictor(model_file, runtime=self.runtime, threads=self.threads)
         cfg = _checkpoint_infer(model_file, self.predictors.get(model_file))
         tissue = tissue_mask(thumb, thumb_down) if self.use_tissue else None
         border = cfg["block_margin"] if self.margin is None else self.margin

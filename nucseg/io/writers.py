@@ -47,8 +47,8 @@ def geojson_feature(uid: str, name: str, geometry: dict | None, measurements: di
     props = {"objectType": "detection", "name": name, "measurements": dict(measurements)}
     if cls:
         props["classification"] = {"name": (class_names or {}).get(cls, f"class{cls}"), "color": list(class_colour(cls))}
-    if score is not None:
-        props["measurements"]["probability"] = float(score)
+    if score is not None:  # 4 decimals, as the CSV: more would be noise between runtimes, not information
+        props["measurements"]["probability"] = round(float(score), 4)
     return {"type": "Feature", "id": uid, "geometry": geometry, "properties": props}
 
 
@@ -78,7 +78,7 @@ def write_csv(path: Path, inst: Instances, properties: dict[str, np.ndarray],
     for k, i in enumerate(table["id"]):
         prob = table["probability"][k]
         writer.writerow([i, *[f"{table[c][k]:.4f}" for c in measured], table["class"][k],
-                         "" if prob is None else prob])
+                         "" if prob is None else f"{prob:.4f}"])
     return write_text(path, buf.getvalue())
 
 
