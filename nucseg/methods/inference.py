@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from nucseg.structures import Instances
 
 # method name -> the module that registers its inference class (imported on demand, never the torch half)
-INFERENCE_MODULES = {"unet": "nucseg.methods.unet.inference"}
+INFERENCE_MODULES = {"unet": "nucseg.methods.unet.inference", "weaveseg": "nucseg.methods.weaveseg.inference",
+                     "gensegnet": "nucseg.methods.gensegnet.inference"}
 _INFERENCE: dict[str, type[MethodInference]] = {}
 
 
