@@ -23,7 +23,7 @@ def run_without_torch(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("name", ["he", "fluo", "weaveseg", "gensegnet"])
+@pytest.mark.parametrize("name", ["he", "fluo", "weaveseg", "gensegnet", "frgnet"])
 def test_shipped_bundles_match_their_checkpoints(name):
     """A bundle is only used when made from its .pt's exact bytes: re-exporting is not forgotten."""
     assert usable_bundle(WEIGHTS / SHIPPED[name]) is not None, f"run: nucseg export nucseg/weights/{SHIPPED[name]} --graph"
@@ -68,7 +68,7 @@ def test_slides_and_the_python_api_run_without_torch(tmp_path):
             "assert report.nuclei > 20, report\n"
             "result = nucseg.load_model('fluo', threads=1).segment(sample_image('fluo'))\n"
             "assert len(result) > 5 and result.table().shape[0] == len(result)\n"
-            "for name in ('weaveseg', 'gensegnet'):  # their inference halves and graphs, the side input included\n"
+            "for name in ('weaveseg', 'gensegnet', 'frgnet'):  # their inference halves and graphs, side input included\n"
             "    assert len(nucseg.segment(sample_image('he'), model=name, threads=1)) > 20, name\n"
             "assert type(nucseg.load_model('he').predictor()[1]).__name__ == 'ExportedPredictor'\n")
     done = run_without_torch(code, tmp_path)

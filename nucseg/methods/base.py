@@ -31,8 +31,9 @@ import torch.nn as nn
 from nucseg.methods.inference import MethodInference
 
 _METHODS: dict[str, type[Method]] = {}
-_BUILTIN = ("nucseg.methods.unet.method", "nucseg.methods.weaveseg.method", "nucseg.methods.frgnet",
-            "nucseg.methods.gensegnet.method", "nucseg.methods.sam_eunet3p", "nucseg.methods.cfr_sam")
+_BUILTIN = ("nucseg.methods.unet.method", "nucseg.methods.weaveseg.method", "nucseg.methods.frgnet.method",
+            "nucseg.methods.frgnet.zero_shot", "nucseg.methods.gensegnet.method", "nucseg.methods.sam_eunet3p",
+            "nucseg.methods.cfr_sam")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from nucseg.structures import Instances
 
 # method name -> the module that registers its inference class (imported on demand, never the torch half)
 INFERENCE_MODULES = {"unet": "nucseg.methods.unet.inference", "weaveseg": "nucseg.methods.weaveseg.inference",
-                     "gensegnet": "nucseg.methods.gensegnet.inference"}
+                     "gensegnet": "nucseg.methods.gensegnet.inference", "frgnet": "nucseg.methods.frgnet.inference"}
 _INFERENCE: dict[str, type[MethodInference]] = {}
 
 

@@ -1,9 +1,18 @@
 """FrGNet (Ling & Xiong 2025): a contour proposal network with Fourier guidance and guide-based instance-level
 contrastive learning, for full and partial labels; and its Fourier guide alone as the training-free method
-`fourier-guide` (Fig. 1). See README.md in this folder."""
+`fourier-guide` (Fig. 1). See README.md in this folder. inference.py (config, contours; torch-free), method.py
+(targets, loss), model.py, zero_shot.py."""
 
-from nucseg.methods.frgnet.method import FrGNetConfig, FrGNetMethod
-from nucseg.methods.frgnet.model import FrGNetNet
-from nucseg.methods.frgnet.zero_shot import FourierGuideConfig, FourierGuideMethod, FourierGuideNet
+_ZERO = "nucseg.methods.frgnet.zero_shot"
+_NAMES = {"FrGNetConfig": "nucseg.methods.frgnet.inference", "FrGNetMethod": "nucseg.methods.frgnet.method",
+          "FrGNetNet": "nucseg.methods.frgnet.model", "FourierGuideConfig": _ZERO, "FourierGuideMethod": _ZERO,
+          "FourierGuideNet": _ZERO}
+__all__ = list(_NAMES)
 
-__all__ = ["FourierGuideConfig", "FourierGuideMethod", "FourierGuideNet", "FrGNetConfig", "FrGNetMethod", "FrGNetNet"]
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'nucseg.methods.frgnet' has no attribute '{name}'")
