@@ -10,11 +10,10 @@ All values equal the reference to 1e-6 (checked in tests on real label pairs). D
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from nucseg.labels import centroids
-from nucseg.metrics.matching import max_weight_matching
+from nucseg.metrics.matching import linear_sum_assignment, max_weight_matching
 from nucseg.metrics.overlap import Overlap, compute_overlap
 
 _EPS = 1.0e-6
