@@ -217,12 +217,14 @@ def test_convert_writes_canonical_layout_atomically(shared_data, tmp_path):
     assert sorted(p.name for p in (dst / "labels").iterdir()) == ["patch1.png", "patch2.png", "patch3.png"]
     assert read_label(dst / "labels/patch1.png").max() == 20  # consecutive ids
     assert not list(dst.rglob("*.part"))
-    # a failing conversion leaves what was written intact and no partial file
+    # a bad source file is skipped (exit 1, listed in dataset.json); what was written stays, no partial file
     bad = tmp_path / "bad"
     shutil.copytree(shared_data / "cellseg-patches", bad)
     (bad / "masks" / "patch3.mat").write_bytes(b"garbage")
     before = sorted(p.name for p in (dst / "labels").iterdir())
-    assert main(["data", "convert", "--format", "consep", str(bad), str(dst)]) == 2
+    assert main(["data", "convert", "--format", "consep", str(bad), str(dst)]) == 1
+    info = json.loads((dst / "dataset.json").read_text())
+    assert info["images"] == 2 and [s["file"].endswith("patch3.mat") for s in info["skipped"]] == [True]
     assert sorted(p.name for p in (dst / "labels").iterdir()) == before
     assert not list(dst.rglob("*.part"))
 
