@@ -12,21 +12,15 @@ From Python (`nucseg.api`; torch is imported when a model is built, not here):
 
 __version__ = "0.1.0"
 
+from nucseg.lazy import lazy_exports  # noqa: E402
 from nucseg.structures import Instances, Modality, Sample  # noqa: E402
 
-_API = ("Model", "Result", "load_model", "segment", "segment_slide")
+# the API's names load on first use, so `import nucseg` (and `nucseg --version`) stay fast
+__getattr__, _API = lazy_exports(__name__, {name: "nucseg.api" for name in (
+    "Model", "Result", "load_model", "segment", "segment_slide")})
 
 __all__ = ["Instances", "Model", "Modality", "Result", "Sample", "__version__", "load_model", "segment",
            "segment_slide"]
-
-
-def __getattr__(name: str):
-    # the API's names load on first use, so `import nucseg` (and `nucseg --version`) stay fast
-    if name in _API:
-        from nucseg import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'nucseg' has no attribute '{name}'")
 
 
 def __dir__() -> list[str]:

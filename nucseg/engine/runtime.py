@@ -15,7 +15,6 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -94,40 +93,13 @@ class OpenVINODense:
         self._compile(path, threads)
         return self
 
-    # Large inputs get a model compiled for their exact shape: a static shape lets OpenVINO plan its buffers (at
-    # 1024², peak memory 338 MiB against 501 MiB for the dynamic model, at the same speed); the two most recent
-    # shapes are kept. Small inputs (a folder of 256-320 px images in many sizes) share the dynamic model, since a
-    # compile per size would cost more than their inference.
-    _SHAPES_KEPT = 2
-    _STATIC_FROM_PIXELS = 512 * 512
-
     def _compile(self, path: Path, threads: int | None) -> None:
-        import openvino as ov
+        from nucseg.engine.exported import (
+            OpenVINOGraph,  # shape-specific compiles, kept per shape (see there)
+        )
 
-        self.core = ov.Core()
-        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                       "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
-        self.model = self.core.read_model(str(path))
-        self.keys = [o.get_any_name() for o in self.model.outputs]
-        self.by_shape: OrderedDict = OrderedDict()
-        self.dynamic = None
+        self.graph = OpenVINOGraph(path, threads or torch.get_num_threads())
         self.onnx_path = path
-
-    def _compiled_for(self, shape: tuple[int, ...]):
-        if shape[-1] * shape[-2] < self._STATIC_FROM_PIXELS:
-            if self.dynamic is None:
-                self.dynamic = self.core.compile_model(self.model, "CPU", self.config)
-            return self.dynamic
-        if shape in self.by_shape:
-            self.by_shape.move_to_end(shape)
-            return self.by_shape[shape]
-        model = self.model.clone()
-        model.reshape({model.inputs[0]: list(shape)})
-        compiled = self.core.compile_model(model, "CPU", self.config)
-        self.by_shape[shape] = compiled
-        while len(self.by_shape) > self._SHAPES_KEPT:
-            self.by_shape.popitem(last=False)
-        return compiled
 
     def _export_checked(self, wrapped, probes, references, channels: int, path: Path, threads) -> None:
         failed = path.with_suffix(".failed")  # a model that cannot export is not retried at every start
@@ -159,9 +131,8 @@ class OpenVINODense:
         os.replace(tmp, path)  # only a checked export enters the cache; atomic for concurrent runs
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        result = self._compiled_for(array.shape)(array)
-        return {k: torch.from_numpy(result[i]) for i, k in enumerate(self.keys)}
+        out = self.graph.run(images.detach().cpu().float().numpy())
+        return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
 def cache_path(key: str) -> Path:

@@ -4,13 +4,7 @@ The names below load on first use: a method's torch-free inference half (`nucseg
 imported without torch, which `nucseg.methods.base` (the training half) needs.
 """
 
-_BASE = ("Method", "Stage", "get_method", "list_methods", "register_method")
-__all__ = list(_BASE)
+from nucseg.lazy import lazy_exports
 
-
-def __getattr__(name: str):
-    if name in _BASE:
-        from nucseg.methods import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module 'nucseg.methods' has no attribute '{name}'")
+__getattr__, __all__ = lazy_exports(__name__, {name: "nucseg.methods.base" for name in (
+    "Method", "Stage", "get_method", "list_methods", "register_method")})

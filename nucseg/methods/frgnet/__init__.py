@@ -3,16 +3,10 @@ contrastive learning, for full and partial labels; and its Fourier guide alone a
 `fourier-guide` (Fig. 1). See README.md in this folder. inference.py (config, contours; torch-free), method.py
 (targets, loss), model.py, zero_shot.py."""
 
+from nucseg.lazy import lazy_exports
+
 _ZERO = "nucseg.methods.frgnet.zero_shot"
 _NAMES = {"FrGNetConfig": "nucseg.methods.frgnet.inference", "FrGNetMethod": "nucseg.methods.frgnet.method",
           "FrGNetNet": "nucseg.methods.frgnet.model", "FourierGuideConfig": _ZERO, "FourierGuideMethod": _ZERO,
           "FourierGuideNet": _ZERO}
-__all__ = list(_NAMES)
-
-
-def __getattr__(name: str):
-    if name in _NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'nucseg.methods.frgnet' has no attribute '{name}'")
+__getattr__, __all__ = lazy_exports(__name__, _NAMES)

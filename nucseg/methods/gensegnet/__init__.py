@@ -2,16 +2,10 @@
 for IHC and fluorescence. See README.md in this folder. inference.py (config, modality, watershed; torch-free),
 method.py (stages, targets, loss), model.py."""
 
+from nucseg.lazy import lazy_exports
+
 _MODEL = "nucseg.methods.gensegnet.model"
 _NAMES = {"GeNSegConfig": "nucseg.methods.gensegnet.inference", "GeNSegMethod": "nucseg.methods.gensegnet.method",
           "GeNSegNet": _MODEL, "Generator": _MODEL, "GreyInput": _MODEL, "PatchDiscriminator": _MODEL,
           "TransformerDiscriminator": _MODEL}
-__all__ = list(_NAMES)
-
-
-def __getattr__(name: str):
-    if name in _NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'nucseg.methods.gensegnet' has no attribute '{name}'")
+__getattr__, __all__ = lazy_exports(__name__, _NAMES)
