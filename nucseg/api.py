@@ -47,9 +47,12 @@ def segment_slide(path: str | os.PathLike, out_dir: str | os.PathLike, model: st
     from nucseg.engine.slide import segment_slides
 
     if isinstance(model, Model):
+        if model.tta or model.precision not in (None, "auto", "fp32") or model._device is not None:
+            raise ValueError("segment_slide runs with the slide engine's settings: pass the model's name or path, "
+                             "not a Model loaded with tta, precision or a device")
         runtime = runtime if runtime is not None else model.runtime
         threads = threads or model.threads
-        model = model.spec
+        model = model.spec if model.is_auto else str(model.resolved)  # a checkpoint given with a method name
     (report,) = segment_slides([str(path)], Path(out_dir), str(model), mpp, tile, margin, batch_size, post_workers,
                                workers, scheduler, tissue_mask, runtime, threads, restart, progress)
     if not report.out:

@@ -100,13 +100,14 @@ def exported_bundle(path: str | os.PathLike, device=None, precision: str | None 
                     runtime: str | None = None) -> Path | None:
     """The exported bundle to run `path` with, or None for the torch Predictor: a bundle made from these exact bytes
     exists, OpenVINO is installed, and nothing asks for torch (a torch device, runtime torch, bf16, or "auto" on a
-    machine where torch would choose better: an NVIDIA GPU, or a CPU with AMX for bf16)."""
+    machine where an installed torch would choose better: an NVIDIA GPU, or a CPU with AMX for bf16)."""
     from nucseg.engine.device import cpu_has_amx, gpu_present
     from nucseg.engine.exported import openvino_importable, usable_bundle
 
     if device is not None or runtime == "torch" or precision == "bf16":
         return None
-    if runtime in (None, "auto") and (gpu_present() or (precision in (None, "auto") and cpu_has_amx())):
+    torch_would_do_better = gpu_present() or (precision in (None, "auto") and cpu_has_amx())
+    if runtime in (None, "auto") and torch_would_do_better and _torch_importable():
         return None
     if not openvino_importable():
         return None

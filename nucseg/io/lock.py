@@ -2,8 +2,8 @@
 
 The lock is an OS file lock (flock) on `<folder>/.nucseg.lock`, so it dies with its process: a killed job leaves no
 stale lock, and the next run takes it at once. The file names the holder (pid, start time, command), so a refused
-job can say which one holds the folder. It is removed when the job ends. Where the OS has no flock (Windows), jobs
-are not locked.
+job can say which one holds the folder. It is removed when the job ends. Where the OS or the filesystem has no
+flock (Windows, some NFS or FUSE mounts), jobs are not locked.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def output_lock(folder: str | os.PathLike, command: str | None = None) -> Iterat
             holder = _holder(fd)
             os.close(fd)
             raise FolderLocked(folder, holder) from None
+        except OSError:  # a filesystem without flock (some NFS or FUSE mounts): the job runs unlocked
+            os.close(fd)
+            yield folder
+            return
         # the holder before us may have removed the file after we opened it: then our lock is on a dead inode
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
