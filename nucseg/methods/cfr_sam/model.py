@@ -38,7 +38,7 @@ class CFRSAM(nn.Module):
                  prompt_encoder_weights: str | None = None, fpn_channels: int = 128, fpn_levels: int = 3,
                  anchor_stride: int = 8, prompt_hidden: int = 256, prompt_dropout: float = 0.1, prompt: str = "point",
                  sam: str = "litemedsam", sam_weights: str | None = "litemedsam", sam_chunk: int = 256,
-                 adapter: str = "mala", adapter_rank: int = 64, kernel_sizes: tuple[int, ...] = (3, 5, 7),
+                 sam_runtime: str = "auto", adapter: str = "mala", adapter_rank: int = 64, kernel_sizes: tuple[int, ...] = (3, 5, 7),
                  hmfm: str = "hmfm", hmfm_levels: tuple[int, ...] = (0, 1, 2), bgmr: bool = True, mcbe: bool = True,
                  bgff: bool = True, refine_channels: int = 32, edge_channels: int = 16, context_tokens: int = 0,
                  mask_window: int = 64,
@@ -53,7 +53,7 @@ class CFRSAM(nn.Module):
                                             boxes=prompt == "box")
         levels = tuple(int(i) for i in hmfm_levels) if hmfm != "none" else ()
         self.sam = SamBackbone(sam, sam_weights, frozen=True, prompt_parts=True, level_indices=levels,
-                               chunk=sam_chunk)
+                               chunk=sam_chunk, runtime=sam_runtime)
         self.sam.add_adapters(adapter, adapter_rank, tuple(kernel_sizes))
         grid = int(self.sam.prompt_encoder.image_embedding_size[0])
         if sam_chunk != 4 * grid:

@@ -44,6 +44,9 @@ class SamEUNet3pConfig(WatershedOptions):
     sam_weights: str | None = "litemedsam"
     sam_chunk: int = 256  # image pixels per SAM encoder pass (the paper's 256² images, upsampled to ViT-B's 1024²)
     sam_cache: str | None = None  # a directory: frozen-SAM embeddings of training patches are kept there
+    # the frozen encoder's runtime (nucseg.models.sam): auto (OpenVINO on the CPU when installed, else torch) | torch
+    # | openvino; training uses it too, since the frozen encoder's outputs are the same within 1e-3
+    sam_runtime: str = "auto"
     fusion_level: int = -1  # encoder level the EFB fuses SAM into (-1: the bottleneck)
     efb_attention: str = "cross"  # cross | self | none
     efb_heads: int = 4
@@ -64,7 +67,7 @@ class SamEUNet3pMethod(UNetMethod):
         sam = None
         if c.sam != "none":
             sam = {"variant": c.sam, "weights": c.sam_weights, "frozen": True, "chunk": c.sam_chunk,
-                   "cache_dir": c.sam_cache}
+                   "cache_dir": c.sam_cache, "runtime": c.sam_runtime}
         return EUNet3Plus(c.in_channels, tuple(c.filters), c.cat_channels, c.activation, c.dropout,
                           heads={"logits": 3, "distance": 1}, deep_supervision="logits" if c.deep_supervision else None,
                           sam=sam, fusion_level=c.fusion_level, efb_attention=c.efb_attention, efb_heads=c.efb_heads)
