@@ -47,7 +47,7 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in levers}
     with torch.no_grad():
-        for name, run in levers.items():  # warm-up
+        for run in levers.values():  # warm-up
             run()
         for _ in range(args.rounds):
             for name, run in levers.items():

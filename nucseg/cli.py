@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="RUN_DIR|CKPT")
     p.add_argument("dst", metavar="OUT.pt", nargs="?", help="omitted with --graph: the graph of SRC.pt, beside it")
     p.add_argument("--set", action="append", default=[], metavar="infer.KEY=VALUE",
-                   help="record an inference setting with the model (e.g. infer.mpp=0.25)")
+                   help="record an inference setting with the model (e.g. infer.mpp=0.25, or a model key that "
+                   "leaves the weights as they are: model.sam_chunk=512 for sam-eunet3p)")
     p.add_argument("--fp16", action="store_true", help="store weights at half precision (half the file size)")
     p.add_argument("--graph", action="store_true", help="also write the network as an OpenVINO graph with its "
                    "config beside OUT.pt (OUT.xml/.bin/.json): segment then runs without torch")

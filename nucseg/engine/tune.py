@@ -81,15 +81,18 @@ def tune_postprocess(run: str | Path, metric: str = "aji", rounds: int = 2, log=
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, overrides: list[str] | None = None, fp16: bool = False) -> Path:
-    """A deployable file: weights and resolved config only (no optimizer state). `overrides` (`infer.mpp=0.25`)
-    change inference settings recorded with the model; `fp16` halves the file (weights stored at half precision)."""
+    """A deployable file: weights and resolved config only (no optimizer state). `overrides` (`infer.mpp=0.25`,
+    or a model key the method lists as weight-free: `model.sam_chunk=512`) change inference settings recorded with
+    the model; `fp16` halves the file (weights stored at half precision)."""
     method, model, cfg = build_from_checkpoint(src)
     if overrides:
         from omegaconf import OmegaConf
 
-        bad = [o for o in overrides if not o.startswith("infer.")]
+        allowed = {f"model.{k}" for k in (*method.inference_options, *method.tunable)}
+        bad = [o for o in overrides if not o.startswith("infer.") and o.split("=", 1)[0].strip() not in allowed]
         if bad:
-            raise ValueError(f"export can only change infer.* settings, not {', '.join(bad)}")
+            extra = f" or {', '.join(sorted(allowed))}" if allowed else ""
+            raise ValueError(f"export can only change infer.* settings{extra}, not {', '.join(bad)}")
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(overrides)))
     ckpt = load_checkpoint(src)
     extra = {k: ckpt[k] for k in ("step", "scores", "tuning") if k in ckpt}

@@ -75,6 +75,10 @@ class Method(MethodInference):
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # Model config keys that change how a trained model is run, not its weights (SAM's chunk size, a runtime):
+    # `nucseg export --set model.KEY=VALUE` may change these and the tunable post-processing keys, nothing else.
+    inference_options: ClassVar[tuple[str, ...]] = ()
+
     # Top-level parts of the model only training uses (a GAN's discriminator): `nucseg export` leaves them out of the
     # deployable file, and loading a file without them is not an error.
     training_only: tuple[str, ...] = ()

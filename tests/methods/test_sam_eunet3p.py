@@ -106,6 +106,15 @@ def test_smoke_config_lowers_the_loss_and_segments(tmp_path, monkeypatch):
     assert last < 0.7 * first
     val = list(csv.DictReader(open(tmp_path / "run" / "val.csv")))
     assert float(val[-1]["aji"]) > 0.3
+    # export may record a weight-free model key (SAM's chunk) with the model, never one that changes the network
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.engine.tune import export_checkpoint
+
+    export_checkpoint(tmp_path / "run", tmp_path / "chunk128.pt", ["model.sam_chunk=128"])
+    _, model, cfg = build_from_checkpoint(tmp_path / "chunk128.pt")
+    assert cfg.model["sam_chunk"] == 128 and model.sam.chunk == 128
+    with pytest.raises(ValueError, match="model.filters"):
+        export_checkpoint(tmp_path / "run", tmp_path / "wider.pt", ["model.filters=[8,16,32,64,128]"])
 
 
 def test_paper_config_asks_for_the_official_weights_by_name():

@@ -140,6 +140,7 @@ class CFRSAMMethod(Method):
     targets_use_classes = True
     blendable = False
     tunable = {"min_area": [0, 8, 12, 20, 30]}
+    inference_options = ("sam_runtime", "point_threshold", "point_min_distance", "max_prompts", "prompt_batch")
 
     def build_model(self) -> nn.Module:
         c = self.config

@@ -61,6 +61,7 @@ class SamEUNet3pConfig(WatershedOptions):
 class SamEUNet3pMethod(UNetMethod):
     name = "sam-eunet3p"
     config_class = SamEUNet3pConfig
+    inference_options = ("sam_chunk", "sam_runtime")
 
     def build_model(self) -> nn.Module:
         c = self.config
