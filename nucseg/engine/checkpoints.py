@@ -85,11 +85,14 @@ def method_from_checkpoint(path: str | Path, ckpt: dict | None = None):
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     cfg = config_from_yaml(ckpt["config"])
     model_cfg = dict(cfg.model) if isinstance(cfg.model, dict) else cfg.model
+    method_class = get_method(cfg.method)
     if isinstance(model_cfg, dict):
         for key, value in model_cfg.items():  # the checkpoint holds the trained weights: never read their files
             if isinstance(value, str) and (key.endswith("_weights") or key.endswith("_cache")):
                 model_cfg[key] = None
-    return get_method(cfg.method)(model_cfg), cfg
+        for key, value in method_class.defaults_before.items():  # saved before the key existed: as it ran then
+            model_cfg.setdefault(key, value)
+    return method_class(model_cfg), cfg
 
 
 def build_from_checkpoint(path: str | Path, ckpt: dict | None = None):

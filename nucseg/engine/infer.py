@@ -57,12 +57,16 @@ class Predictor(DensePredictor):
             return
         # the predictor owns placement: the model goes where the inputs will go (callers need not move it)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last).eval()
-        if not self.method.blendable:  # instance maps: per-prompt loops no fixed-graph export or fold follows
+        if not self.method.blendable:  # instance maps: per-prompt loops, which no fixed-graph export follows
             self.runtime = "torch"
-        if self.cfg.fold_batchnorm and self.method.blendable:
+        if self.cfg.fold_batchnorm:
             from nucseg.models.fusion import fold_batchnorm
 
-            example = torch.rand(1, self.channels + self.planes, 64, 64, device=self.device)
+            # dense maps are compared with the unfolded model's on an example; instance maps from per-prompt loops
+            # (CFR-SAM) cannot be compared so, and their folding is checked by the method's tests instead
+            example = None
+            if self.method.blendable:
+                example = torch.rand(1, self.channels + self.planes, 64, 64, device=self.device)
             self.model = fold_batchnorm(self.model, example)
         self.runtime = resolve_runtime(self.runtime, self.device, self.precision)
         self._openvino = None

@@ -78,6 +78,9 @@ class Method(MethodInference):
     # Model config keys that change how a trained model is run, not its weights (SAM's chunk size, a runtime):
     # `nucseg export --set model.KEY=VALUE` may change these and the tunable post-processing keys, nothing else.
     inference_options: ClassVar[tuple[str, ...]] = ()
+    # Model config keys added after models were saved, whose new default would change what an older checkpoint
+    # computes: such a checkpoint (its config lacks the key) loads with the value given here, the old behaviour.
+    defaults_before: ClassVar[dict[str, object]] = {}
 
     # Top-level parts of the model only training uses (a GAN's discriminator): `nucseg export` leaves them out of the
     # deployable file, and loading a file without them is not an error.

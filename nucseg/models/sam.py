@@ -242,10 +242,11 @@ class SamBackbone(nn.Module):
             return self._inference[1]
         from nucseg.models.fusion import fold_batchnorm
 
-        encoder = fold_batchnorm(self.image_encoder)  # a copy, unless nothing folds (ViTs: no copy of 2.5 GB)
-        memory_format = torch.contiguous_format
-        if encoder is not self.image_encoder:  # convolutional (TinyViT): its convolutions run faster channels_last
-            memory_format = torch.channels_last
+        # a copy, unless nothing folds: a ViT (no copy of 2.5 GB), or an encoder the Predictor folded already
+        encoder = fold_batchnorm(self.image_encoder)
+        # TinyViT's convolutions run faster channels_last (a ViT's one patch convolution does not care)
+        memory_format = torch.channels_last if self.variant == "litemedsam" else torch.contiguous_format
+        if encoder is not self.image_encoder:
             encoder = encoder.to(memory_format=memory_format)
         variant, levels = self.variant, self.level_indices
 

@@ -214,3 +214,66 @@ def test_deformable_convolution_equals_torchvisions():
     ref_grads = torch.autograd.grad((ref * g).sum(), (x, offset, weight))
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-3)
+
+
+def _disc_logits(size: int, cy: float, cx: float, radius: float, tilt: float) -> torch.Tensor:
+    """Mask logits of a disc, higher towards one side (`tilt` per px along x): what a prompt off-centre gives."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    inside = radius - ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
+    return inside + tilt * (xx - cx)
+
+
+def test_deduplication_keeps_one_instance_per_nucleus():
+    from nucseg.methods.cfr_sam.model import MaskPaster
+
+    # two prompts on one nucleus, each mask leaning to its own side; a third prompt on a neighbour
+    one_left, one_right = _disc_logits(48, 20, 20, 8, -0.3), _disc_logits(48, 20, 20, 8, 0.3)
+    neighbour = _disc_logits(48, 20, 38, 8, 0.0)
+    counts = {}
+    for dedup in (0.0, 0.5):
+        paster = MaskPaster(1, 48, 48, "cpu", dedup)
+        kept = [paster.add(0, lg, 0, 0, 1, s) for lg, s in ((one_left, 0.9), (one_right, 0.8), (neighbour, 0.7))]
+        ids = paster.ids[0]
+        counts[dedup] = len(torch.unique(ids[ids > 0]))
+        if dedup:
+            assert kept == [True, False, True] and paster.dropped == 1
+            disc = one_left > 0
+            assert (ids[disc & (neighbour <= 0)] == 1).all()  # the nucleus whole, held by the better prompt
+    assert counts[0.0] == 3 and counts[0.5] == 2  # without: the nucleus split between its two prompts
+
+
+def test_deduplication_in_instance_maps_and_batchnorm_folding_leave_outputs_as_they_were(monkeypatch):
+    """Two prompts on one nucleus give one instance; the BatchNorm-folded model
+    gives the unfolded one's maps."""
+    from nucseg.methods import get_method
+    from nucseg.models.fusion import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = get_method("cfr-sam")({**TINY, "dedup_overlap": 0.5}).build_model().eval()
+    images = torch.randn(1, 3, 64, 64)
+    points = torch.tensor([[30.0, 30.0], [32.0, 31.0]])
+
+    def prompts_of(_images):
+        return [{"points": points, "classes": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.8])}]
+
+    monkeypatch.setattr(model, "prompts_of", prompts_of)
+    with torch.no_grad():
+        dec = model(images, "masks", points=points, image_index=torch.tensor([0, 0]))
+        same = ((dec["refined"][0] > 0) & (dec["refined"][1] > 0)).sum() / (dec["refined"][1] > 0).sum().clamp(min=1)
+        out = model(images)
+        folded = fold_batchnorm(model)
+        monkeypatch.setattr(folded, "prompts_of", prompts_of)
+        out_folded = folded(images)
+        feats = model.image_features(model._pad(images))
+        feats_folded = folded.image_features(folded._pad(images))
+    ids = out["instance"][0, 0]
+    assert same >= 0.5  # the random network's two masks overlap as duplicates do
+    assert len(torch.unique(ids[ids > 0])) == 1
+    from nucseg.methods.cfr_sam.refine import DeformBlock
+
+    # every BatchNorm after a convolution folds; the deformable blocks' own stay (no Conv2d feeds them)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert norms == sum(isinstance(m, DeformBlock) for m in folded.modules()) > 0
+    for k in feats:
+        assert torch.allclose(feats[k], feats_folded[k], atol=1e-4)
+    assert torch.equal(out["instance"], out_folded["instance"])

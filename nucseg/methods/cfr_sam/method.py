@@ -71,15 +71,21 @@ class CFRSAMConfig:
     edge_channels: int = 16
     context_tokens: int = 0  # 0: SAM's whole grid (64 tokens, 256 px) around each prompt
     mask_window: int = 0  # px decoded around each prompt; 0: the whole context (the paper)
+    # a mask one better-scored instance already holds for this fraction of its pixels is a duplicate, dropped
+    # (model.MaskPaster; the paper is silent on duplicates); 0 keeps every mask
+    dedup_overlap: float = 0.5
     # stage 1 loss (eq. 2)
     alpha: float = 0.1
-    weight_negative: float = 0.5
-    weight_regression: float = 2e-4
+    weight_negative: float = 0.4  # λ1: the paper's classification coefficient (Sec. 4.3, PanNuke; P2PNet: 0.5)
+    weight_regression: float = 2e-4  # λ2 on squared pixels, P2PNet's (with its ×100 regression output)
+    regression_scale: float = 100.0  # the regression head's output × this is the offset in px (P2PNet's 100)
     weight_foreground: float = 1.0
     weight_size: float = 0.1
     # stage 2 loss (eqs. 15-16)
     train_prompts: int = 25  # nuclei sampled per image (Table 10)
-    prompt_jitter: float = 0.0  # px of uniform noise on training prompts (0: exact centroids)
+    # px of uniform noise on training prompts: at inference the prompt learner's points miss centroids by a few px,
+    # so exact centroids in training would teach a prompt position never seen after (the paper is silent)
+    prompt_jitter: float = 2.0
     weight_focal: float = 20.0
     weight_dice: float = 1.0
     weight_iou: float = 1.0
@@ -140,7 +146,9 @@ class CFRSAMMethod(Method):
     targets_use_classes = True
     blendable = False
     tunable = {"min_area": [0, 8, 12, 20, 30]}
-    inference_options = ("sam_runtime", "point_threshold", "point_min_distance", "max_prompts", "prompt_batch")
+    inference_options = ("sam_runtime", "point_threshold", "point_min_distance", "max_prompts", "prompt_batch",
+                         "dedup_overlap")
+    defaults_before = {"regression_scale": 1.0}  # models trained before the P2PNet scaling regressed raw pixels
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -148,6 +156,7 @@ class CFRSAMMethod(Method):
             in_channels=c.in_channels, num_classes=c.num_classes, prompt_encoder=c.prompt_encoder,
             prompt_encoder_weights=c.prompt_encoder_weights, fpn_channels=c.fpn_channels, fpn_levels=c.fpn_levels,
             anchor_stride=c.anchor_stride, prompt_hidden=c.prompt_hidden, prompt_dropout=c.prompt_dropout,
+            regression_scale=c.regression_scale, dedup_overlap=c.dedup_overlap,
             prompt=c.prompt, sam=c.sam, sam_weights=c.sam_weights, sam_chunk=c.sam_chunk, sam_runtime=c.sam_runtime,
             adapter=c.adapter,
             adapter_rank=c.adapter_rank, kernel_sizes=tuple(c.kernel_sizes), hmfm=c.hmfm,

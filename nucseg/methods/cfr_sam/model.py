@@ -36,12 +36,13 @@ class CFRSAM(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, prompt_encoder: str = "efficientnet_lite0",
                  prompt_encoder_weights: str | None = None, fpn_channels: int = 128, fpn_levels: int = 3,
-                 anchor_stride: int = 8, prompt_hidden: int = 256, prompt_dropout: float = 0.1, prompt: str = "point",
+                 anchor_stride: int = 8, prompt_hidden: int = 256, prompt_dropout: float = 0.1, regression_scale: float = 100.0,
+                 prompt: str = "point",
                  sam: str = "litemedsam", sam_weights: str | None = "litemedsam", sam_chunk: int = 256,
                  sam_runtime: str = "auto", adapter: str = "mala", adapter_rank: int = 64, kernel_sizes: tuple[int, ...] = (3, 5, 7),
                  hmfm: str = "hmfm", hmfm_levels: tuple[int, ...] = (0, 1, 2), bgmr: bool = True, mcbe: bool = True,
                  bgff: bool = True, refine_channels: int = 32, edge_channels: int = 16, context_tokens: int = 0,
-                 mask_window: int = 64,
+                 mask_window: int = 64, dedup_overlap: float = 0.5,
                  point_threshold: float = 0.5, point_min_distance: float = 3.0, max_prompts: int = 4096,
                  prompt_batch: int = 32):
         super().__init__()
@@ -50,7 +51,7 @@ class CFRSAM(nn.Module):
         self.prompt = prompt
         self.prompt_learner = PromptLearner(prompt_encoder, prompt_encoder_weights, in_channels, num_classes,
                                             fpn_channels, fpn_levels, anchor_stride, prompt_hidden, prompt_dropout,
-                                            boxes=prompt == "box")
+                                            boxes=prompt == "box", regression_scale=regression_scale)
         levels = tuple(int(i) for i in hmfm_levels) if hmfm != "none" else ()
         self.sam = SamBackbone(sam, sam_weights, frozen=True, prompt_parts=True, level_indices=levels,
                                chunk=sam_chunk, runtime=sam_runtime)
@@ -71,6 +72,7 @@ class CFRSAM(nn.Module):
         if self.mask_window % 4 or not 4 <= self.mask_window <= 4 * self.context_tokens:
             raise ValueError(f"mask_window must be a multiple of 4 up to the context's {4 * self.context_tokens} px, "
                              f"got {mask_window}")
+        self.dedup_overlap = float(dedup_overlap)
         self.point_threshold, self.point_min_distance = point_threshold, point_min_distance
         self.max_prompts, self.prompt_batch = max_prompts, prompt_batch
 
@@ -167,14 +169,13 @@ class CFRSAM(nn.Module):
         return result
 
     def instances(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Instance maps of a batch: "instance" (ids 1..P, by decreasing prompt score), "class", "score", each
-        N×1×H×W float (the form every nucseg output takes between the engine's stages; never blended)."""
+        """Instance maps of a batch: "instance" (ids by decreasing prompt score), "class", "score", each N×1×H×W
+        float (the form every nucseg output takes between the engine's stages; never blended). Masks are pasted in
+        prompt-score order and de-duplicated (`MaskPaster`)."""
         n, _, h, w = images.shape
         prompts = self.prompts_of(images)
         feats = self.image_features(self._pad(images))
-        ids = torch.zeros(n, h, w, device=images.device)
-        classes, scores = torch.zeros_like(ids), torch.zeros_like(ids)
-        best = torch.full_like(ids, -float("inf"))
+        paster = MaskPaster(n, h, w, images.device, self.dedup_overlap)
         for b, item in enumerate(prompts):
             count = len(item["points"])
             for start in range(0, count, self.prompt_batch):
@@ -187,16 +188,8 @@ class CFRSAM(nn.Module):
                 logits = dec["refined"][:, 0].float()
                 for j, (x0, y0) in enumerate(dec["origin"].tolist()):
                     k = start + j
-                    y1, x1 = min(y0 + logits.shape[-2], h), min(x0 + logits.shape[-1], w)
-                    if y1 <= y0 or x1 <= x0:
-                        continue
-                    lg = logits[j, : y1 - y0, : x1 - x0]
-                    region = (b, slice(y0, y1), slice(x0, x1))
-                    take = (lg > 0) & (lg > best[region])
-                    best[region] = torch.where(take, lg, best[region])
-                    ids[region] = torch.where(take, float(k + 1), ids[region])
-                    classes[region] = torch.where(take, item["classes"][k].float(), classes[region])
-                    scores[region] = torch.where(take, item["scores"][k].float(), scores[region])
+                    paster.add(b, logits[j], x0, y0, item["classes"][k], item["scores"][k])
+        ids, classes, scores = paster.ids, paster.classes, paster.scores
         return {"instance": ids[:, None], "class": classes[:, None], "score": scores[:, None]}
 
     def forward(self, images: torch.Tensor, task: str = "instances", points: torch.Tensor | None = None,
@@ -208,6 +201,51 @@ class CFRSAM(nn.Module):
         if task == "instances":
             return self.instances(images)
         raise ValueError(f"unknown task '{task}' (known: instances, prompts, masks)")
+
+
+class MaskPaster:
+    """Pastes per-prompt mask logits into instance maps, best-scored prompt first.
+
+    A pixel goes to the mask with the highest positive logit there. De-duplication: a mask whose pixels one
+    already-pasted (better-scored) instance holds for at least `dedup_overlap` of its area is dropped, so two prompts
+    on one nucleus give one instance instead of splitting it between them (0 or ≥ 1 keeps every mask). Choice made
+    here, where the paper decodes every prompt and says nothing of duplicates: compare against the instance a mask
+    overlaps most, by the fraction of the new mask it covers, since the pasted instance may already have lost pixels
+    to a neighbour."""
+
+    def __init__(self, n: int, height: int, width: int, device, dedup_overlap: float = 0.5):
+        self.ids = torch.zeros(n, height, width, device=device)
+        self.classes, self.scores = torch.zeros_like(self.ids), torch.zeros_like(self.ids)
+        self.best = torch.full_like(self.ids, -float("inf"))
+        self.dedup = float(dedup_overlap)
+        self.count = 0
+        self.dropped = 0
+
+    def add(self, b: int, logits: torch.Tensor, x0: int, y0: int, cls, score) -> bool:
+        """Paste one m×m window of logits at (x0, y0) of image b. Returns whether it was kept."""
+        h, w = self.ids.shape[-2:]
+        y1, x1 = min(y0 + logits.shape[-2], h), min(x0 + logits.shape[-1], w)
+        if y1 <= y0 or x1 <= x0:
+            return False
+        lg = logits[: y1 - y0, : x1 - x0]
+        region = (b, slice(y0, y1), slice(x0, x1))
+        mask = lg > 0
+        area = int(mask.sum())
+        if area == 0:
+            return False
+        if 0 < self.dedup < 1:
+            held = self.ids[region][mask].long()
+            held = held[held > 0]
+            if held.numel() and int(torch.bincount(held).max()) >= self.dedup * area:
+                self.dropped += 1
+                return False
+        self.count += 1
+        take = mask & (lg > self.best[region])
+        self.best[region] = torch.where(take, lg, self.best[region])
+        self.ids[region] = torch.where(take, float(self.count), self.ids[region])
+        self.classes[region] = torch.where(take, torch.as_tensor(cls, dtype=torch.float32), self.classes[region])
+        self.scores[region] = torch.where(take, torch.as_tensor(score, dtype=torch.float32), self.scores[region])
+        return True
 
 
 @register_model("cfr-sam", "CFR-SAM: prompt learner + SAM with MALA adapters, HMFM and BGMR (Sec. 3)")

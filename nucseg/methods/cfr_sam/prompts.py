@@ -12,8 +12,11 @@ types) is matched and learned as "some nucleus class": its p is 1 - p(background
 
 Choices the paper leaves open, made here: the offset network reads the pyramid level at the anchors' stride (a 3×3
 conv then a 1×1 to two channels, starting at zero); the regression loss is the squared distance in pixels weighted
-`weight_regression` (P2PNet's 2e-4, the value the paper's λ2 follows); with `boxes` the regression head also predicts
-each nucleus' log box size (L1), for Table 11's box prompts.
+`weight_regression` (P2PNet's 2e-4, the value the paper's λ2 follows) on a regression output scaled as P2PNet's
+(`regression_scale`: the head's output × 100 is the offset in px, so the localisation gradient reaching the features
+is 100× what raw pixels give); the regression head's last layer starts at zero, so anchors start on their grid as
+the offset network's do; with `boxes` the regression head also predicts each nucleus' log box size (L1), for Table
+11's box prompts.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class PromptLearner(nn.Module):
 
     def __init__(self, encoder: str = "efficientnet_lite0", encoder_weights: str | None = None, in_channels: int = 3,
                  num_classes: int = 1, fpn_channels: int = 128, fpn_levels: int = 3, anchor_stride: int = 8,
-                 hidden: int = 256, dropout: float = 0.1, boxes: bool = False):
+                 hidden: int = 256, dropout: float = 0.1, boxes: bool = False, regression_scale: float = 100.0):
         super().__init__()
         self.encoder = create_encoder(encoder, in_channels, encoder_weights)
         reductions = list(self.encoder.feature_info.reduction())
@@ -59,6 +62,9 @@ class PromptLearner(nn.Module):
         self.boxes = boxes
         self.regression = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                         nn.Linear(hidden, 4 if boxes else 2))
+        nn.init.zeros_(self.regression[-1].weight)
+        nn.init.zeros_(self.regression[-1].bias)
+        self.regression_scale = float(regression_scale)
         self.classification = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                             nn.Linear(hidden, num_classes + 1))
         self.foreground = nn.Sequential(_conv_bn_relu(fpn_channels, fpn_channels // 2),
@@ -90,7 +96,7 @@ class PromptLearner(nn.Module):
         sampled = torch.cat([F.grid_sample(lv, grid, mode="bilinear", align_corners=False)[..., 0]
                              for lv in levels], 1).transpose(1, 2)  # N×A×(L·C)
         reg = self.regression(sampled)
-        out = {"points": moved + reg[..., :2], "logits": self.classification(sampled),
+        out = {"points": moved + reg[..., :2] * self.regression_scale, "logits": self.classification(sampled),
                "fg": F.interpolate(self.foreground(levels[0]), size=(h, w), mode="bilinear", align_corners=False)}
         if self.boxes:
             out["sizes"] = reg[..., 2:]
@@ -142,7 +148,7 @@ def select_points(points: torch.Tensor, logits: torch.Tensor, height: int, width
 
 
 def prompt_learner_loss(out: dict[str, torch.Tensor], gt: list[dict[str, np.ndarray]], fg_target: torch.Tensor,
-                        alpha: float = 0.1, weight_negative: float = 0.5, weight_regression: float = 2e-4,
+                        alpha: float = 0.1, weight_negative: float = 0.4, weight_regression: float = 2e-4,
                         weight_foreground: float = 1.0, weight_size: float = 0.1,
                         focal_gamma: float = 2.0) -> dict[str, torch.Tensor]:
     """Eq. 2 over a batch. `gt[i]`: {"points": M×2 (x, y), "classes": M (0 = unknown class), "sizes": M×2 log

@@ -114,21 +114,26 @@ class MCBE(nn.Module):
 
 def deform_conv3x3(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A 3×3 deformable convolution (DCNv1, stride 1, padding 1): torchvision's `deform_conv2d` with its offset
-    layout ((dy, dx) per kernel tap, row-major), computed as 9 bilinear samplings (`grid_sample`, zeros outside, as
-    torchvision's) and one 1×1 convolution. The same numbers (tests/methods/test_cfr_sam.py), and on a CPU about two
-    orders of magnitude faster than torchvision's kernel, whose backward pass dominated a BGMR training step."""
+    layout ((dy, dx) per kernel tap, row-major), accumulated tap by tap: each tap's weights (a 1×1 convolution, C to
+    O channels) are applied first and the O-channel result is sampled bilinearly at the tap's positions
+    (`grid_sample`, zeros outside, as torchvision's). Sampling and a 1×1 convolution commute (both are linear, one
+    across space at a pixel, the other across channels), so the sum is the same numbers (tests/methods/
+    test_cfr_sam.py), without the C·9×H×W column tensor torchvision and a sample-then-project form build, and with
+    O instead of C channels sampled. On a CPU torchvision's kernel is about two orders of magnitude slower; its
+    backward pass dominated a BGMR training step."""
     n, c, h, w = x.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
                             torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
-    samples = []
+    out = None
     for tap in range(9):
         ky, kx = divmod(tap, 3)
         py = ys + (ky - 1) + offset[:, 2 * tap]
         px = xs + (kx - 1) + offset[:, 2 * tap + 1]
         grid = torch.stack([px * (2 / max(w - 1, 1)) - 1, py * (2 / max(h - 1, 1)) - 1], -1)
-        samples.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
-    columns = torch.stack(samples, 2).reshape(n, c * 9, h, w)  # channel c·9 + tap, as weight.view(O, C·9)
-    return F.conv2d(columns, weight.reshape(weight.shape[0], c * 9, 1, 1))
+        projected = F.conv2d(x, weight[:, :, ky : ky + 1, kx : kx + 1])
+        term = F.grid_sample(projected, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = term if out is None else out + term
+    return out
 
 
 class DeformBlock(nn.Module):
@@ -136,12 +141,14 @@ class DeformBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
+        # the BatchNorm is registered before the offset convolution, which does not feed it: BatchNorm folding
+        # (nucseg.models.fusion) pairs a Conv2d with a BatchNorm registered right after it
+        self.norm = nn.BatchNorm2d(cout)
         self.offset = nn.Conv2d(cin, 18, 3, padding=1)
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
         self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv2d's initialisation
-        self.norm = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(deform_conv3x3(x, self.offset(x), self.weight)))
