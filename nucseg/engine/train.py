@@ -87,6 +87,10 @@ def stage_plan(method, cfg: RunConfig) -> list[tuple[Stage, int, int]]:
     return plan
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model  # DistributedDataParallel
+
+
 def enter_stage(model: torch.nn.Module, optimizers: dict, stage: Stage) -> None:
     """Train only what the stage's optimisers hold; a top-level part of the model with none of those parameters
     (a frozen encoder, the finished generator) runs in inference mode, so its BatchNorm statistics stay as trained."""
@@ -344,8 +348,19 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                     for k, v in row.items():
                         if k not in ("step", "seconds", "stage"):
                             tensorboard.add_scalar(f"train/{k}", v, step)
-            is_val = stage.validate and cfg.train.val_every > 0 and (
-                step % cfg.train.val_every == 0 or step == cfg.train.steps)
+            at_val_step = cfg.train.val_every > 0 and (step % cfg.train.val_every == 0 or step == cfg.train.steps)
+            if at_val_step and not stage.validate and val_sets:  # a stage's own metrics (CFR-SAM's prompt recall)
+                model.eval()
+                with torch.no_grad():
+                    stage_scores = method.stage_validation(_unwrap(model), stage.name, val_sets, device)
+                enter_stage(model, optimizers, stage)
+                if stage_scores:
+                    _append_csv(out_dir / "val.csv", {"step": step, "stage": stage.name,
+                                                      **{k: round(v, 5) for k, v in stage_scores.items()}})
+                    if bar is not None:
+                        bar.write(f"step {step} ({stage.name}): " + ", ".join(
+                            f"{k} {v:.4f}" for k, v in stage_scores.items() if "/" not in k))
+            is_val = stage.validate and at_val_step
             if is_val and val_sets:
                 scores = validate(method, model, cfg, val_sets, device, precision)
                 enter_stage(model, optimizers, stage)

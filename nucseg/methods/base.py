@@ -13,6 +13,7 @@ the one loop, the checkpoints, the schedules and the devices:
 
     optimizer_groups(model) -> {name: params}    one optimiser each (default: "model" over every trainable parameter)
     stages() -> [Stage]                          phases run one after another (`train.stage_steps` sets their lengths)
+    stage_validation(model, stage, val_sets, device)  metrics of a stage the whole pipeline cannot validate yet
     training_step(model, images, batch, stage)   yields (optimiser name, losses); the engine steps that optimiser on
                                                  losses["total"] before asking for the next
 """
@@ -103,6 +104,13 @@ class Method(MethodInference):
         optimiser before resuming the generator, so a later loss sees the updated weights (a GAN's generator step
         after its discriminator step). `model` may be DDP-wrapped: call it, don't reach into its submodules."""
         yield "model", self.loss(model(images), batch)
+
+    def stage_validation(self, model: nn.Module, stage: str, val_sets: dict[str, list], device: torch.device,
+                         ) -> dict[str, float]:
+        """Metrics of a stage whose whole pipeline cannot be validated yet (`Stage.validate` False), at the run's
+        validation steps, on the validation samples by set; they go to val.csv (never to the checkpoint choice).
+        Default: none."""
+        return {}
 
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense per-pixel maps (probabilities, distances) to blend across windows. Default: the model's outputs."""

@@ -189,6 +189,12 @@ def test_smoke_config_lowers_both_stages_losses_and_segments_large_images_by_blo
     prompts = [float(r["prompts/total"]) for r in rows if r["stage"] == "prompts"]
     masks = [float(r["masks/total"]) for r in rows if r["stage"] == "masks"]
     assert prompts[-1] < 0.7 * prompts[0] and masks[-1] < 0.9 * masks[0]
+    # stage 1 is validated by its own metrics, the whole pipeline in stage 2
+    val = list(csv.DictReader(open(tmp_path / "run" / "val.csv")))
+    first = [r for r in val if r["stage"] == "prompts"]
+    assert first and all(0 <= float(r["prompt_recall"]) <= 1 and 0 <= float(r["prompt_precision"]) <= 1
+                         for r in first)
+    assert float(val[-1]["aji"]) >= 0 and not val[-1]["stage"]
     predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.ckpt", tta=True)
     image = synthetic_sample(200, 40, seed=3).image  # > the 96 px window: blocks with margins
     inst = predictor.segment(image)
@@ -277,3 +283,15 @@ def test_deduplication_in_instance_maps_and_batchnorm_folding_leave_outputs_as_t
     for k in feats:
         assert torch.allclose(feats[k], feats_folded[k], atol=1e-4)
     assert torch.equal(out["instance"], out_folded["instance"])
+
+
+def test_prompt_detection_counts_nuclei_with_a_prompt_prompts_on_nuclei_and_duplicates():
+    from nucseg.methods.cfr_sam.prompts import prompt_detection
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:8, 2:8], labels[10:18, 10:18], labels[2:6, 20:28] = 1, 2, 3
+    # two prompts on nucleus 1, one on nucleus 2, one on background, one outside the image; nucleus 3 has none
+    points = np.array([[4.0, 4.0], [6.5, 5.5], [12.0, 15.0], [25.0, 15.0], [40.0, 3.0]])
+    m = prompt_detection(points, labels)
+    assert m["prompt_recall"] == pytest.approx(2 / 3) and m["prompt_precision"] == pytest.approx(3 / 4)
+    assert m["prompt_duplicates"] == pytest.approx(1 / 3) and m["prompts_per_nucleus"] == pytest.approx(4 / 3)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from nucseg.labels import bounding_boxes, centroids, remove_small_instances
 from nucseg.methods.base import Method, Stage, register_method
 from nucseg.methods.cfr_sam.model import CFRSAM
-from nucseg.methods.cfr_sam.prompts import prompt_learner_loss
+from nucseg.methods.cfr_sam.prompts import prompt_detection, prompt_learner_loss
 from nucseg.models.sam import _is_adapter
 from nucseg.structures import Instances
 
@@ -236,6 +236,30 @@ class CFRSAMMethod(Method):
         losses["total"] = sum(losses.values())
         losses["mask_iou"] = mask_iou(final.detach(), target).mean()
         return losses
+
+    def stage_validation(self, model, stage, val_sets, device) -> dict[str, float]:
+        """Stage 1: prompt recall, precision and duplicates (`prompts.prompt_detection`) per validation set and over
+        all images, from the prompts inference would give (`CFRSAM.prompts_of`)."""
+        if stage != "prompts":
+            return {}
+        from nucseg.data.prepare import to_channels, to_uint8
+        from nucseg.engine.infer import normalize
+
+        out: dict[str, float] = {}
+        rows = []
+        for name, samples in val_sets.items():
+            set_rows = []
+            for s in samples:
+                array = to_channels(to_uint8(s.image), self.config.in_channels)
+                image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
+                points = model.prompts_of(normalize(image))[0]["points"]
+                set_rows.append(prompt_detection(points.cpu().numpy(), s.instances))
+            for k in set_rows[0] if set_rows else ():
+                out[f"{name}/{k}"] = float(np.nanmean([r[k] for r in set_rows]))
+            rows += set_rows
+        for k in rows[0] if rows else ():
+            out[k] = float(np.nanmean([r[k] for r in rows]))
+        return out
 
     # -- inference --------------------------------------------------------------------------------------------------
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:

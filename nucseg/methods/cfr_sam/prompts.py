@@ -193,3 +193,20 @@ def prompt_learner_loss(out: dict[str, torch.Tensor], gt: list[dict[str, np.ndar
     losses["total"] = sum(losses.values())
     losses["matched"] = torch.tensor(float(matched) / max(n, 1))
     return losses
+
+
+def prompt_detection(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """How well one image's prompts (P×2 x, y px) cover its nuclei (label map): recall, the fraction of nuclei that
+    hold a prompt (a nucleus without one is lost whatever the masks do); precision, the fraction of prompts on a
+    nucleus; duplicates, the fraction of nuclei holding two or more."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    h, w = labels.shape
+    pts = np.floor(np.asarray(points, np.float64).reshape(-1, 2)).astype(np.int64)
+    pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)]
+    hit = labels[pts[:, 1], pts[:, 0]]
+    per_nucleus = np.bincount(hit[hit > 0], minlength=int(labels.max()) + 1)[ids] if len(ids) else np.zeros(0)
+    return {"prompt_recall": float((per_nucleus >= 1).mean()) if len(ids) else float("nan"),
+            "prompt_precision": float((hit > 0).mean()) if len(hit) else float("nan"),
+            "prompt_duplicates": float((per_nucleus >= 2).mean()) if len(ids) else float("nan"),
+            "prompts_per_nucleus": float(len(hit) / len(ids)) if len(ids) else float("nan")}
