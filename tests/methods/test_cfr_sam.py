@@ -280,7 +280,7 @@ def test_deduplication_in_instance_maps_and_batchnorm_folding_leave_outputs_as_t
     # every BatchNorm after a convolution folds; the deformable blocks' own stay (no Conv2d feeds them)
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert norms == sum(isinstance(m, DeformBlock) for m in folded.modules()) > 0
-    for k in feats:
+    for k in ("fused", "semantic", "edges"):
         assert torch.allclose(feats[k], feats_folded[k], atol=1e-4)
     assert torch.equal(out["instance"], out_folded["instance"])
 
@@ -295,3 +295,29 @@ def test_prompt_detection_counts_nuclei_with_a_prompt_prompts_on_nuclei_and_dupl
     m = prompt_detection(points, labels)
     assert m["prompt_recall"] == pytest.approx(2 / 3) and m["prompt_precision"] == pytest.approx(3 / 4)
     assert m["prompt_duplicates"] == pytest.approx(1 / 3) and m["prompts_per_nucleus"] == pytest.approx(4 / 3)
+
+
+def test_shared_first_layer_projections_give_the_per_window_decoder_outputs_and_gradients():
+    from nucseg.methods import get_method
+
+    torch.manual_seed(0)
+    model = get_method("cfr-sam")(TINY).build_model()
+    model.sam.unfreeze(("prompt_encoder", "mask_decoder"))  # stage 2 trains them
+    images = torch.randn(2, 3, 96, 80)
+    points = torch.tensor([[2.0, 2.0], [79.0, 95.0], [40.0, 50.0]])
+    index = torch.tensor([0, 1, 1])
+    outs = {}
+    for share in (False, True):
+        model.share_projections = share
+        model.zero_grad()
+        out = model(images, "masks", points=points, image_index=index)
+        (out["refined"].square().mean() + out["iou"].sum()).backward()
+        outs[share] = (out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for k in ("coarse", "refined", "iou"):
+        assert torch.allclose(outs[True][0][k], outs[False][0][k], atol=1e-5)
+    grads = outs[True][1]
+    assert grads.keys() == outs[False][1].keys()
+    assert any("transformer.layers.0.cross_attn_token_to_image.k_proj" in n for n in grads)  # the shared ones too
+    assert any(n.startswith("hmfm.") for n in grads)  # and the fused embedding's, through the tile's projections
+    for n, g in outs[True][1].items():
+        assert torch.allclose(g, outs[False][1][n], atol=1e-5, rtol=1e-4), n

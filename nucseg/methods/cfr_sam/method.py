@@ -74,6 +74,9 @@ class CFRSAMConfig:
     # a mask one better-scored instance already holds for this fraction of its pixels is a duplicate, dropped
     # (model.MaskPaster; the paper is silent on duplicates); 0 keeps every mask
     dedup_overlap: float = 0.5
+    # the mask decoder's first-layer image projections computed once per tile and cropped per prompt, instead of
+    # once per prompt window (model.two_way_shared: the same numbers)
+    share_projections: bool = True
     # stage 1 loss (eq. 2)
     alpha: float = 0.1
     weight_negative: float = 0.4  # λ1: the paper's classification coefficient (Sec. 4.3, PanNuke; P2PNet: 0.5)
@@ -147,7 +150,7 @@ class CFRSAMMethod(Method):
     blendable = False
     tunable = {"min_area": [0, 8, 12, 20, 30]}
     inference_options = ("sam_runtime", "point_threshold", "point_min_distance", "max_prompts", "prompt_batch",
-                         "dedup_overlap")
+                         "dedup_overlap", "share_projections")
     defaults_before = {"regression_scale": 1.0}  # models trained before the P2PNet scaling regressed raw pixels
 
     def build_model(self) -> nn.Module:
@@ -157,6 +160,7 @@ class CFRSAMMethod(Method):
             prompt_encoder_weights=c.prompt_encoder_weights, fpn_channels=c.fpn_channels, fpn_levels=c.fpn_levels,
             anchor_stride=c.anchor_stride, prompt_hidden=c.prompt_hidden, prompt_dropout=c.prompt_dropout,
             regression_scale=c.regression_scale, dedup_overlap=c.dedup_overlap,
+            share_projections=c.share_projections,
             prompt=c.prompt, sam=c.sam, sam_weights=c.sam_weights, sam_chunk=c.sam_chunk, sam_runtime=c.sam_runtime,
             adapter=c.adapter,
             adapter_rank=c.adapter_rank, kernel_sizes=tuple(c.kernel_sizes), hmfm=c.hmfm,

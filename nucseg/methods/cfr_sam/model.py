@@ -20,6 +20,8 @@ highest refined logit; each instance takes its prompt's class and score.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,7 +44,7 @@ class CFRSAM(nn.Module):
                  sam_runtime: str = "auto", adapter: str = "mala", adapter_rank: int = 64, kernel_sizes: tuple[int, ...] = (3, 5, 7),
                  hmfm: str = "hmfm", hmfm_levels: tuple[int, ...] = (0, 1, 2), bgmr: bool = True, mcbe: bool = True,
                  bgff: bool = True, refine_channels: int = 32, edge_channels: int = 16, context_tokens: int = 0,
-                 mask_window: int = 64, dedup_overlap: float = 0.5,
+                 mask_window: int = 64, dedup_overlap: float = 0.5, share_projections: bool = True,
                  point_threshold: float = 0.5, point_min_distance: float = 3.0, max_prompts: int = 4096,
                  prompt_batch: int = 32):
         super().__init__()
@@ -73,6 +75,7 @@ class CFRSAM(nn.Module):
             raise ValueError(f"mask_window must be a multiple of 4 up to the context's {4 * self.context_tokens} px, "
                              f"got {mask_window}")
         self.dedup_overlap = float(dedup_overlap)
+        self.share_projections = bool(share_projections)
         self.point_threshold, self.point_min_distance = point_threshold, point_min_distance
         self.max_prompts, self.prompt_batch = max_prompts, prompt_batch
 
@@ -91,6 +94,8 @@ class CFRSAM(nn.Module):
         (stride 1)."""
         enc = self.sam(images)
         out = {"fused": self.hmfm(enc["embedding"], enc["levels"])}
+        if self.share_projections:
+            out["first_layer"] = first_layer_maps(self.sam.mask_decoder.transformer, out["fused"])
         if self.bgmr is not None:
             out["semantic"], out["edges"] = self.bgmr.image_features(out["fused"], images)
         return out
@@ -131,7 +136,13 @@ class CFRSAM(nn.Module):
         tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0)
         tokens = torch.cat([tokens[None].expand(len(sparse), -1, -1), sparse], 1)
         pos = pe.get_dense_pe()[..., frame : frame + ct, frame : frame + ct].expand(len(sparse), -1, -1, -1)
-        hs, src = dec.transformer(context + dense, pos, tokens)
+        if "first_layer" in feats:  # the first layer's image projections, cropped from the tile's
+            crops = {k: torch.stack([v[b, :, y : y + ct, x : x + ct] for b, x, y in
+                                     zip(image_index.tolist(), cx.tolist(), cy.tolist())])
+                     for k, v in feats["first_layer"].items()}
+            hs, src = two_way_shared(dec.transformer, context, dense[:1], pos[:1], tokens, crops)
+        else:
+            hs, src = dec.transformer(context + dense, pos, tokens)
         src = src.transpose(1, 2).reshape(len(sparse), -1, ct, ct)
         window = torch.stack([src[i, :, y : y + mt, x : x + mt] for i, (x, y) in
                               enumerate(zip(mx.tolist(), my.tolist()))])
@@ -202,6 +213,59 @@ class CFRSAM(nn.Module):
             return self.instances(images)
         raise ValueError(f"unknown task '{task}' (known: instances, prompts, masks)")
 
+
+def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SAM's `Attention` from its input projections on: q, k, v already projected (B×N×internal)."""
+    q, k, v = (attn._separate_heads(t, attn.num_heads) for t in (q, k, v))
+    weights = torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1)
+    return attn.out_proj(attn._recombine_heads(weights @ v))
+
+
+def first_layer_maps(transformer: nn.Module, fused: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The projections of the mask decoder's first two-way layer that read the image tokens before any prompt
+    touches them, over a whole tile's fused embedding (N×D×H×W -> N×I×H×W each, weights only: the bias and the
+    constant part of their inputs are added per window by `two_way_shared`)."""
+    layer = transformer.layers[0]
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    x = fused.permute(0, 2, 3, 1)
+    maps = {"k": F.linear(x, t2i.k_proj.weight), "v": F.linear(x, t2i.v_proj.weight),
+            "q": F.linear(x, i2t.q_proj.weight)}
+    return {k: v.permute(0, 3, 1, 2) for k, v in maps.items()}
+
+
+def two_way_shared(transformer: nn.Module, context: torch.Tensor, dense: torch.Tensor, pe: torch.Tensor,
+                   tokens: torch.Tensor, crops: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's `TwoWayTransformer.forward(context + dense, pe, tokens)` for P prompt windows (context P×D×t×t, each
+    window's fused embedding; dense and pe 1×D×t×t, the same for every window), with the first layer's image-side
+    projections cut from the tile's (`crops`: `first_layer_maps` cropped to the windows) instead of computed per
+    window. Those projections are linear in the window's tokens and the dense prompt embedding is one learned vector
+    for point and box prompts (no mask prompts), so W(crop + dense + pe) + b = crop(W·fused) + (W(dense + pe) + b):
+    the same numbers (tests/methods/test_cfr_sam.py), three projections of t² tokens fewer per prompt. The layers
+    after the first update the image tokens per prompt and run as SAM runs them."""
+    def flat(x: torch.Tensor) -> torch.Tensor:  # P×C×t×t -> P×t²×C
+        return x.flatten(2).permute(0, 2, 1)
+
+    keys, key_pe, dense_t = flat(context + dense), flat(pe), flat(dense)
+    layer = transformer.layers[0]
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    queries, query_pe = tokens, tokens
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(q=queries, k=queries, v=queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q=q, k=q, v=queries)
+    queries = layer.norm1(queries)
+    k = flat(crops["k"]) + t2i.k_proj(dense_t + key_pe)
+    v = flat(crops["v"]) + t2i.v_proj(dense_t)
+    queries = layer.norm2(queries + _attend(t2i, t2i.q_proj(queries + query_pe), k, v))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    q_tokens = queries + query_pe
+    q_image = flat(crops["q"]) + i2t.q_proj(dense_t + key_pe)
+    keys = layer.norm4(keys + _attend(i2t, q_image, i2t.k_proj(q_tokens), i2t.v_proj(queries)))
+    for layer in transformer.layers[1:]:
+        queries, keys = layer(queries=queries, keys=keys, query_pe=query_pe, key_pe=key_pe)
+    out = transformer.final_attn_token_to_image(q=queries + query_pe, k=keys + key_pe, v=keys)
+    return transformer.norm_final_attn(queries + out), keys
 
 class MaskPaster:
     """Pastes per-prompt mask logits into instance maps, best-scored prompt first.
