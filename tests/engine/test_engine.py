@@ -199,8 +199,11 @@ def test_tune_and_export(trained_run, tmp_path):
     assert "optimizer" not in exported and exported["config"] == tuned["config"]
     assert main(["export", str(run), str(tmp_path / "m2.pt"), "--set", "infer.mpp=0.25"]) == 0
     assert build_from_checkpoint(tmp_path / "m2.pt")[2].infer.mpp == 0.25
-    assert main(["export", str(run), str(tmp_path / "m3.pt"), "--set", "model.min_area=3"]) != 0
-    assert not (tmp_path / "m3.pt").exists()
+    # post-processing keys may change at export (as a predict-time threshold would), architecture keys may not
+    assert main(["export", str(run), str(tmp_path / "m3.pt"), "--set", "model.min_area=3"]) == 0
+    assert build_from_checkpoint(tmp_path / "m3.pt")[0].config.min_area == 3
+    assert main(["export", str(run), str(tmp_path / "m4.pt"), "--set", "model.in_channels=4"]) != 0
+    assert not (tmp_path / "m4.pt").exists()
 
 
 def test_learning_rate_schedules():

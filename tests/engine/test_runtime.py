@@ -158,7 +158,7 @@ class _TracedSize(torch.nn.Module):
 def test_an_export_right_only_at_its_example_size_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setenv("NUCSEG_CACHE", str(tmp_path))
     method, model = tiny_unet()
-    with pytest.warns(UserWarning, match="differ from torch by .* on a 96×160 input"):
+    with pytest.warns(UserWarning, match="differs from torch by .* on a 1×3×96×160 input"):
         p = Predictor(method, _TracedSize(model), InferConfig(window=64, fold_batchnorm=False), runtime="openvino")
     assert p.runtime == "torch"
 
