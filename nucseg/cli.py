@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func in (_cmd_segment, _cmd_segment_slide, _cmd_compare):
+        from nucseg.engine.device import passive_omp_wait
+
+        passive_omp_wait()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, OSError) as exc:

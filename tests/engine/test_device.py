@@ -20,3 +20,23 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     assert select_device("auto", local_rank=0, world_size=2) == torch.device("cuda", 0)
     with pytest.raises(RuntimeError, match="train.device=cpu"):
         select_device("auto", local_rank=1, world_size=2)
+
+
+def test_inference_commands_let_idle_openmp_threads_sleep_unless_the_user_chose():
+    """Set before torch loads (libgomp reads it once), and a user's value wins; run in fresh interpreters."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, sys; from nucseg.engine.device import passive_omp_wait; passive_omp_wait(); "
+        "assert 'torch' not in sys.modules; print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+
+    def policy(env):
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert policy(base) == "PASSIVE"
+    assert policy({**base, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
