@@ -59,6 +59,7 @@ class ModelResult:
     megapixels: float = 0.0
     parameters: int | None = None
     note: str = ""  # e.g. "trained on 4 of these validation images"
+    diagnostics: list[str] = field(default_factory=list)  # the method's own per-image measures (CFR-SAM's prompts)
 
     def rows(self) -> list[dict]:
         return [r for rows in self.per_image.values() for r in rows.values()]
@@ -179,14 +180,38 @@ def _megapixels(report) -> float:
     return sum(int(w) * int(h) for w, h in (r["size"].split("×") for r in report.rows)) / 1e6
 
 
+def _add_diagnostics(result: ModelResult, model_file: Path, ckpt: dict, image_set: ImageSet) -> None:
+    """The method's own per-image measures (`Method.image_diagnostics`) merged into the set's per-image rows: images
+    as the model sees them (its channels and stain normalisation), at their own resolution."""
+    from nucseg.data.prepare import stain_normalizer
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.engine.device import default_device
+    from nucseg.io.images import read_image, read_label
+    from nucseg.metrics.evaluate import index_folder
+
+    method, model, cfg = build_from_checkpoint(model_file, ckpt)
+    device = default_device()
+    model.to(device)
+    normalizer = stain_normalizer(cfg.data)
+    images, labels = index_folder(image_set.images), index_folder(image_set.labels)
+    for stem, row in result.per_image[image_set.name].items():
+        image = read_image(images[stem])
+        if normalizer is not None:
+            image = normalizer.transform(image)
+        found = method.image_diagnostics(model, image, read_label(labels[stem]), device, cfg.data.input_scale)
+        row.update(found)
+        result.diagnostics += [k for k in found if k not in result.diagnostics]
+
+
 def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_ids: dict[str, set[str]] | None = None,
             data_root: str = "../shared/data", mpp: float | None = None, tta: bool = False, precision: str = "auto",
             runtime: str | None = None, threads: int = 0, progress: bool = True) -> list[ModelResult]:
-    """Segment every set with every model and score it; failures are kept in the result, never raised."""
     from nucseg.engine.checkpoints import load_checkpoint, method_from_checkpoint, resolve_checkpoint_file
     from nucseg.engine.segment import AUTO, collect_inputs, resolve_model, segment_files
     from nucseg.metrics.evaluate import evaluate_folders
 
+    """Segment every set with every model and score it; failures are kept in the result, never raised. Methods
+    with their own per-image measures (`Method.image_diagnostics`) add them, unless `mpp` resamples the images."""
     out_dir = Path(out_dir)
     for s in sets:
         if not collect_inputs([str(s.images)]):
@@ -201,14 +226,16 @@ def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_id
     for model, label in zip(models, labels):
         result = ModelResult(label, model)
         results.append(result)
+        diagnose = False
         try:
             resolved = resolve_model(model)
             if resolved != AUTO:
                 model_file = resolve_checkpoint_file(resolved)
                 ckpt = load_checkpoint(model_file)
                 result.parameters = _parameters(model_file, ckpt)
+                ckpt_method, ckpt_cfg = method_from_checkpoint(model_file, ckpt)
+                diagnose = ckpt_method.has_diagnostics and mpp is None
                 if val_ids:
-                    _, ckpt_cfg = method_from_checkpoint(model_file, ckpt)
                     result.note = _training_overlap(ckpt_cfg, val_ids, data_root)
             else:
                 result.note = "he or fluo per image"
@@ -226,6 +253,8 @@ def compare(models: list[str], sets: list[ImageSet], out_dir: str | Path, val_id
                 scored = evaluate_folders(s.labels, pred / "labels", s.types if pred_types else None, pred_types,
                                           progress=False)
                 result.per_image[s.name] = scored["per_image"]
+                if diagnose:
+                    _add_diagnostics(result, model_file, ckpt, s)
                 if pred_types is not None:
                     result.typed[s.name] = {k: scored[k] for k in ("bpq", "mpq", "mpq_plus", "acc_type",
                                                                    "f1_det_typed", "per_class")}
@@ -253,6 +282,8 @@ def _parameters_text(n: int | None) -> str:
 
 
 def markdown(results: list[ModelResult], sets: list[ImageSet], title: str) -> str:
+    from nucseg.metrics.typed import nanmean
+
     n_images = {s.name: max((len(r.per_image.get(s.name, {})) for r in results), default=0) for s in sets}
     typed_sets = [s.name for s in sets if s.types is not None]
     lines = [f"# {title}", "",
@@ -285,6 +316,18 @@ def markdown(results: list[ModelResult], sets: list[ImageSet], title: str) -> st
                 cells.append(f"{_fmt(float(np.nanmean([x['aji'] for x in rows])))} / "
                              f"{_fmt(float(np.nanmean([x['pq'] for x in rows])))}" if rows else "–")
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    diagnosed = [r for r in results if not r.error and r.diagnostics]
+    for keys in dict.fromkeys(tuple(r.diagnostics) for r in diagnosed):  # one table per kind of method
+        group = [r for r in diagnosed if tuple(r.diagnostics) == keys]
+        per_set = sets if len(sets) > 1 else []  # the first measure per set too
+        lines += ["", "The methods' own measures (means over images; `Method.image_diagnostics`):", "",
+                  "| model | " + " | ".join([*keys, *(f"{keys[0]} ({s.name})" for s in per_set)]) + " |",
+                  "|---|" + "---:|" * (len(keys) + len(per_set))]
+        for r in group:
+            cells = [_fmt(r.mean(k)) for k in keys]
+            for s in per_set:
+                cells.append(_fmt(nanmean([x.get(keys[0]) for x in r.per_image.get(s.name, {}).values()])))
+            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     for set_name in typed_sets:
         typed = [(r, r.typed[set_name]) for r in results if not r.error and set_name in r.typed]
         if not typed:
@@ -305,11 +348,12 @@ def markdown(results: list[ModelResult], sets: list[ImageSet], title: str) -> st
 def per_image_csv(results: list[ModelResult]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["model", "set", "image", *CSV_COLUMNS])
+    extra = list(dict.fromkeys(k for r in results for k in r.diagnostics))
+    writer.writerow(["model", "set", "image", *CSV_COLUMNS, *extra])
     for r in results:
         for set_name, rows in r.per_image.items():
             for stem, row in rows.items():
-                writer.writerow([r.label, set_name, stem, *[row.get(c) for c in CSV_COLUMNS]])
+                writer.writerow([r.label, set_name, stem, *[row.get(c) for c in (*CSV_COLUMNS, *extra)]])
     return buf.getvalue()
 
 

@@ -352,7 +352,8 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
             if at_val_step and not stage.validate and val_sets:  # a stage's own metrics (CFR-SAM's prompt recall)
                 model.eval()
                 with torch.no_grad():
-                    stage_scores = method.stage_validation(_unwrap(model), stage.name, val_sets, device)
+                    stage_scores = method.stage_validation(_unwrap(model), stage.name, val_sets, device,
+                                                           cfg.data.input_scale)
                 enter_stage(model, optimizers, stage)
                 if stage_scores:
                     _append_csv(out_dir / "val.csv", {"step": step, "stage": stage.name,

@@ -13,7 +13,10 @@ the one loop, the checkpoints, the schedules and the devices:
 
     optimizer_groups(model) -> {name: params}    one optimiser each (default: "model" over every trainable parameter)
     stages() -> [Stage]                          phases run one after another (`train.stage_steps` sets their lengths)
-    stage_validation(model, stage, val_sets, device)  metrics of a stage the whole pipeline cannot validate yet
+    stage_validation(model, stage, val_sets, device, input_scale)
+                                                 metrics of a stage the whole pipeline cannot validate yet
+    image_diagnostics(model, image, labels, device, input_scale)
+                                                 the method's own per-image measures (`nucseg compare` reports them)
     training_step(model, images, batch, stage)   yields (optimiser name, losses); the engine steps that optimiser on
                                                  losses["total"] before asking for the next
 """
@@ -106,11 +109,22 @@ class Method(MethodInference):
         yield "model", self.loss(model(images), batch)
 
     def stage_validation(self, model: nn.Module, stage: str, val_sets: dict[str, list], device: torch.device,
-                         ) -> dict[str, float]:
+                         input_scale: str = "imagenet") -> dict[str, float]:
         """Metrics of a stage whose whole pipeline cannot be validated yet (`Stage.validate` False), at the run's
         validation steps, on the validation samples by set; they go to val.csv (never to the checkpoint choice).
         Default: none."""
         return {}
+
+    def image_diagnostics(self, model: nn.Module, image: np.ndarray, labels: np.ndarray, device: torch.device,
+                          input_scale: str = "imagenet") -> dict[str, float]:
+        """A method's own measures of one image (H×W×C, stain-normalised as the model's inputs are; `input_scale`
+        the run's `data.input_scale`) against its true label map, beside the common scores (CFR-SAM's prompt recall: a nucleus without a prompt is lost whatever its masks do). `nucseg compare`
+        reports their means per model and writes them per image. Default: none."""
+        return {}
+
+    @property
+    def has_diagnostics(self) -> bool:
+        return type(self).image_diagnostics is not Method.image_diagnostics
 
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense per-pixel maps (probabilities, distances) to blend across windows. Default: the model's outputs."""

@@ -178,7 +178,8 @@ def test_instance_maps_round_trip_through_postprocess():
     assert back.classes == {3: 2, 7: 1} and back.scores == pytest.approx({3: 0.9, 7: 0.6})
 
 
-def test_smoke_config_lowers_both_stages_losses_and_segments_large_images_by_blocks(tmp_path, monkeypatch):
+def test_smoke_config_lowers_both_stages_losses_and_segments_large_images_by_blocks(tmp_path, monkeypatch,
+                                                                                     synthetic_set):
     from nucseg.cli import main
     from nucseg.data.synthetic import synthetic_sample
     from nucseg.engine.infer import Predictor
@@ -201,6 +202,24 @@ def test_smoke_config_lowers_both_stages_losses_and_segments_large_images_by_blo
     assert inst.labels.shape == (200, 200)
     assert set(inst.classes) == set(inst.ids.tolist()) and set(inst.classes.values()) <= {1, 2, 3}
     assert predictor.runtime == "torch"
+
+    # `nucseg compare` reports the prompts beside the scores: per image in the CSV, their means in the table
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "run" / "best.ckpt"), "--images", str(synthetic_set / "images"),
+                 "--labels", str(synthetic_set / "labels"), "--out", str(out)]) == 0
+    per_image = list(csv.DictReader(open(out / "compare.csv")))
+    assert len(per_image) == 6 and all(0 <= float(r["prompt_recall"]) <= 1 for r in per_image)
+    from nucseg.engine.checkpoints import build_from_checkpoint
+    from nucseg.io.images import read_image, read_label
+    from nucseg.metrics.evaluate import index_folder
+
+    method, model, _ = build_from_checkpoint(tmp_path / "run" / "best.ckpt")
+    first = per_image[0]["image"]
+    direct = method.image_diagnostics(model, read_image(index_folder(synthetic_set / "images")[first]),
+                                      read_label(index_folder(synthetic_set / "labels")[first]), torch.device("cpu"))
+    assert float(per_image[0]["prompt_precision"]) == pytest.approx(direct["prompt_precision"])
+    mean = sum(float(r["prompt_recall"]) for r in per_image) / 6
+    assert f"| run-best | {mean:.3f} |" in (out / "compare.md").read_text().split("own measures")[1]
 
 
 def test_deformable_convolution_equals_torchvisions():

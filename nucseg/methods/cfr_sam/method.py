@@ -241,29 +241,33 @@ class CFRSAMMethod(Method):
         losses["mask_iou"] = mask_iou(final.detach(), target).mean()
         return losses
 
-    def stage_validation(self, model, stage, val_sets, device) -> dict[str, float]:
+    def stage_validation(self, model, stage, val_sets, device, input_scale="imagenet") -> dict[str, float]:
         """Stage 1: prompt recall, precision and duplicates (`prompts.prompt_detection`) per validation set and over
         all images, from the prompts inference would give (`CFRSAM.prompts_of`)."""
         if stage != "prompts":
             return {}
-        from nucseg.data.prepare import to_channels, to_uint8
-        from nucseg.engine.infer import normalize
-
         out: dict[str, float] = {}
         rows = []
         for name, samples in val_sets.items():
-            set_rows = []
-            for s in samples:
-                array = to_channels(to_uint8(s.image), self.config.in_channels)
-                image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
-                points = model.prompts_of(normalize(image))[0]["points"]
-                set_rows.append(prompt_detection(points.cpu().numpy(), s.instances))
+            set_rows = [self.image_diagnostics(model, s.image, s.instances, device, input_scale) for s in samples]
             for k in set_rows[0] if set_rows else ():
                 out[f"{name}/{k}"] = float(np.nanmean([r[k] for r in set_rows]))
             rows += set_rows
         for k in rows[0] if rows else ():
             out[k] = float(np.nanmean([r[k] for r in rows]))
         return out
+
+    def image_diagnostics(self, model, image, labels, device, input_scale="imagenet") -> dict[str, float]:
+        """Prompt recall, precision, duplicates and prompts per nucleus of one image (`prompts.prompt_detection`),
+        from the prompts inference gives on the whole image."""
+        from nucseg.data.prepare import to_channels, to_uint8
+        from nucseg.engine.infer import normalize
+
+        array = to_channels(to_uint8(image), self.config.in_channels)
+        tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
+        with torch.no_grad():
+            points = _unwrap(model).prompts_of(normalize(tensor, input_scale))[0]["points"]
+        return prompt_detection(points.cpu().numpy(), labels)
 
     # -- inference --------------------------------------------------------------------------------------------------
     def predict_dense(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
