@@ -96,15 +96,20 @@ def bounding_boxes(labels: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
 def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, N×2 array of (row, col) centroids) from pixel bincounts."""
     relabelled, old = relabel_sequential(labels)
-    if old.size == 0:
-        return old, np.zeros((0, 2))
-    # per-row and per-column pixel counts of each label, from one bincount each over the foreground
-    fg = np.nonzero(relabelled)
-    lab = relabelled[fg]
-    area = np.bincount(lab, minlength=old.size + 1)[1:]
-    r = np.bincount(lab, weights=fg[0], minlength=old.size + 1)[1:] / area
-    c = np.bincount(lab, weights=fg[1], minlength=old.size + 1)[1:] / area
-    return old, np.stack([r, c], axis=1)
+    return old, sequential_centroids(relabelled, old.size)
+
+
+def sequential_centroids(relabelled: np.ndarray, n: int) -> np.ndarray:
+    """N×2 (row, col) centroids of ids 1..n of a sequential map (as `relabel_sequential` returns)."""
+    if n == 0:
+        return np.zeros((0, 2))
+    # per-label sums of row and column indices, from one weighted bincount each over the foreground
+    fg = np.flatnonzero(relabelled)
+    lab = relabelled.ravel()[fg]
+    r, c = np.divmod(fg, relabelled.shape[1])
+    area = np.bincount(lab, minlength=n + 1)[1:]
+    return np.stack([np.bincount(lab, weights=r, minlength=n + 1)[1:] / area,
+                     np.bincount(lab, weights=c, minlength=n + 1)[1:] / area], axis=1)
 
 
 def areas(labels: np.ndarray) -> dict[int, int]:

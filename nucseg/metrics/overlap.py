@@ -60,6 +60,12 @@ def compute_overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
         raise ValueError(f"true and pred differ in size: {true.shape} vs {pred.shape}")
     t, t_ids = relabel_sequential(true)
     p, p_ids = relabel_sequential(pred)
+    return sequential_overlap(t, t_ids, p, p_ids)
+
+
+def sequential_overlap(t: np.ndarray, t_ids: np.ndarray, p: np.ndarray, p_ids: np.ndarray) -> Overlap:
+    """The table of two maps already relabelled 1..N (`relabel_sequential`'s output), for callers that need those
+    maps again."""
     n_t, n_p = t_ids.size, p_ids.size
     width = n_p + 1
     cells = (n_t + 1) * width

@@ -155,6 +155,24 @@ def test_hausdorff_equals_per_pair_reference():
     assert M.hausdorff(t, p) == pytest.approx(3.0)
 
 
+def test_hausdorff_beyond_the_ring_search(monkeypatch):
+    """Pixels farther from their partner than the ring search reaches are measured against the boundary, in chunks
+    of any size, exactly."""
+    from reference_metrics import hausdorff_per_pair
+
+    from nucseg.metrics import instance
+
+    t = boxes((40, 90), (1, (5, 5, 11, 75)), (2, (20, 5, 30, 20)))
+    p = boxes((40, 90), (1, (5, 5, 11, 50)), (2, (21, 6, 31, 21)))  # bar 1 is 25 px short at one end
+    expected = hausdorff_per_pair(t, p, [(1, 1), (2, 2)])
+    assert expected == pytest.approx((25.0 + 2**0.5) / 2)
+    assert M.hausdorff(t, p) == pytest.approx(expected)
+    monkeypatch.setattr(instance, "_BRUTE_FORCE_CHUNK", 1)
+    assert M.hausdorff(t, p) == pytest.approx(expected)
+    monkeypatch.setattr(instance, "_RING_RADIUS", 1)
+    assert M.hausdorff(t, p) == pytest.approx(expected)
+
+
 def test_hausdorff_on_real_labels(shared_data):
     from reference_metrics import hausdorff_per_pair
 
