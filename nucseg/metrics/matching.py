@@ -11,8 +11,6 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 @cache
@@ -37,6 +35,23 @@ def _lsap():
         return linear_sum_assignment
 
 
+def _bipartite_components(a: np.ndarray, b: np.ndarray, n_nodes: int) -> np.ndarray:
+    """Component of every node (its smallest node index) of the undirected graph with edges a[i]-b[i]: labels
+    spread along edges and jump to their own label's label until nothing changes, a few rounds for the small
+    components of an overlap graph. (scipy's connected_components would import scipy.sparse.linalg and scipy.linalg
+    with it: 0.1 s of `nucseg evaluate`'s start-up.)"""
+    label = np.arange(n_nodes)
+    while True:
+        smaller = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, smaller)
+        np.minimum.at(new, b, smaller)
+        new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
 def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """scipy.optimize.linear_sum_assignment (the same function; see `_lsap`)."""
     return _lsap()(cost)
@@ -58,8 +73,7 @@ def max_weight_matching(
     rest = np.flatnonzero(~single)
     if rest.size:
         pt_r, pp_r, w_r = pt[rest], pp[rest], w[rest]
-        graph = coo_matrix((np.ones(rest.size), (pt_r, pp_r + n_true)), shape=(n_true + n_pred,) * 2)
-        _, comp = connected_components(graph, directed=False)
+        comp = _bipartite_components(pt_r, pp_r + n_true, n_true + n_pred)
         pair_comp = comp[pt_r]
         # Stars (one true or one prediction in the component): the best pair is the optimum. Vectorised.
         n_comp = int(comp.max()) + 1

@@ -195,3 +195,23 @@ def test_foreground_miou_from_overlap_equals_pixel_count():
         for a, b in ((t, p), (t, np.zeros_like(t)), (np.zeros_like(t), np.zeros_like(t)), (np.ones_like(t), t)):
             expected = M.semantic_scores(a > 0, b > 0, num_classes=2)["miou"]
             assert M.instance_scores(a, b)["miou"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_bipartite_components_equal_scipy():
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from nucseg.metrics.matching import _bipartite_components
+
+    rng = np.random.default_rng(0)
+    for n_true, n_pred, n_edges in ((5, 4, 0), (30, 40, 25), (200, 150, 400), (60, 60, 59)):
+        a = rng.integers(0, n_true, n_edges)
+        b = rng.integers(0, n_pred, n_edges) + n_true
+        if n_edges == 59:  # one long chain: true k - pred k - true k+1 - ...
+            a, b = np.r_[np.arange(59), np.arange(1, 60)], np.r_[np.arange(59), np.arange(59)] + 60
+        ours = _bipartite_components(a, b, n_true + n_pred)
+        graph = coo_matrix((np.ones(a.size), (a, b)), shape=(n_true + n_pred,) * 2)
+        _, theirs = connected_components(graph, directed=False)
+        # the same partition: each of our labels is one of theirs and back
+        pairs = set(zip(ours.tolist(), theirs.tolist()))
+        assert len(pairs) == len(set(ours.tolist())) == len(set(theirs.tolist()))
