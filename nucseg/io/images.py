@@ -138,6 +138,8 @@ def read_label(path: str | os.PathLike, key: str = "inst_map") -> np.ndarray:
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise InputError(path, f"label map must be 2-D, got shape {arr.shape}")
+    if arr.dtype in (np.uint8, np.uint16, np.bool_):  # PNG's label maps: every value is a valid id
+        return arr.astype(np.int32)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.mod(arr, 1) == 0):
             raise InputError(path, "label map has non-integer values")
