@@ -201,7 +201,7 @@ def _sequential_hausdorff(t: np.ndarray, p: np.ndarray, pt: np.ndarray, pp: np.n
     pair_of_p[pp + 1] = np.arange(n)
     # each pixel's pair as a true and as a predicted nucleus (-1: none), on maps padded so that every offset of the
     # ring search stays inside
-    pad = _RING_RADIUS
+    pad = max(_RING_RADIUS, 1)  # the boundary search reads each pixel's 4 neighbours
     as_t = np.pad(pair_of_t[t], pad, constant_values=-1).ravel()
     as_p = np.pad(pair_of_p[p], pad, constant_values=-1).ravel()
     width = t.shape[1] + 2 * pad
@@ -213,13 +213,18 @@ def _sequential_hausdorff(t: np.ndarray, p: np.ndarray, pt: np.ndarray, pp: np.n
 # Past this length the ring search stops and the remaining pixels go to the boundary search. Most pixels of matched
 # pairs lie within a few pixels of their partner; 8 was fastest on the benchmark's pairs (of 3, 5, 8).
 _RING_RADIUS = 8
-# at most this many (pixel, boundary pixel) distances at once in the boundary search
-_BRUTE_FORCE_CHUNK = 1 << 22
+# Above this many (pixel, boundary pixel) distances the boundary search takes a KD-tree (huge nuclei far from their
+# partner: brute force grows as the cube of their size). The benchmark's pairs need at most about 10^5.
+_BRUTE_FORCE_LIMIT = 1 << 18
+# The ring search hands its pixels to the boundary search early when the lookups left (pixels x offsets) exceed this:
+# a nucleus of 10^5 pixels far from its partner costs less in a KD-tree than in 200 passes over its pixels.
+_RING_WORK_LIMIT = 1 << 25
 
 
 @cache
-def _offset_rings(radius: int) -> tuple[tuple[float, np.ndarray], ...]:
-    """Lattice offsets (dr, dc) with 0 < length <= radius, grouped by exact length, shortest first."""
+def _offset_rings(radius: int) -> tuple[tuple[float, np.ndarray, int], ...]:
+    """Lattice offsets (dr, dc) with 0 < length <= radius, grouped by exact length, shortest first, each ring with
+    the number of offsets from it to the last."""
     dr, dc = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     squared = (dr * dr + dc * dc).ravel()
     keep = (squared > 0) & (squared <= radius * radius)
@@ -228,7 +233,7 @@ def _offset_rings(radius: int) -> tuple[tuple[float, np.ndarray], ...]:
     squared, offsets = squared[order], offsets[order]
     starts = np.flatnonzero(np.r_[True, squared[1:] != squared[:-1]])
     ends = np.r_[starts[1:], squared.size]
-    return tuple((float(np.sqrt(squared[s])), offsets[s:e]) for s, e in zip(starts, ends))
+    return tuple((float(np.sqrt(squared[s])), offsets[s:e], squared.size - s) for s, e in zip(starts, ends))
 
 
 def _directed_pair_distances(pair_a: np.ndarray, pair_b: np.ndarray, width: int, n: int) -> np.ndarray:
@@ -239,7 +244,9 @@ def _directed_pair_distances(pair_a: np.ndarray, pair_b: np.ndarray, width: int,
     if pos.size == 0:
         return out
     k = pair_a[pos]
-    for length, offsets in _offset_rings(_RING_RADIUS):
+    for length, offsets, offsets_left in _offset_rings(_RING_RADIUS):
+        if pos.size * offsets_left > _RING_WORK_LIMIT:
+            break
         hit = np.zeros(pos.size, bool)
         for dr, dc in offsets:
             hit |= pair_b[pos + (dr * width + dc)] == k
@@ -266,19 +273,18 @@ def _distances_to_boundary(pos: np.ndarray, k: np.ndarray, pair_b: np.ndarray, w
     count = np.searchsorted(pair_b[boundary], k, "right") - first
     br, bc = np.divmod(boundary, width)
     qr, qc = np.divmod(pos, width)
-    out = np.empty(pos.size)
-    done = 0
-    while done < pos.size:
-        # a chunk of queries whose (query, boundary pixel) pairs fit in memory, at least one query
-        stop = done + max(1, int(np.searchsorted(np.cumsum(count[done:]), _BRUTE_FORCE_CHUNK, "right")))
-        c = count[done:stop]
-        query = np.repeat(np.arange(done, stop), c)
-        starts = np.cumsum(c) - c
-        which = first[query] + (np.arange(query.size) - np.repeat(starts, c))
-        squared = (br[which] - qr[query]) ** 2 + (bc[which] - qc[query]) ** 2
-        out[done:stop] = np.sqrt(np.minimum.reduceat(squared, starts).astype(np.float64))
-        done = stop
-    return out
+    if count.sum() > _BRUTE_FORCE_LIMIT:
+        from scipy.spatial import cKDTree
+
+        # one tree for all pairs: each pair shifted along the columns further than any distance within the map
+        shift = 2.0 * (width + int(pair_b.size // width))
+        tree = cKDTree(np.column_stack([br, bc + pair_b[boundary] * shift]))
+        return tree.query(np.column_stack([qr, qc + k * shift]))[0]
+    query = np.repeat(np.arange(pos.size), count)
+    starts = np.cumsum(count) - count
+    which = first[query] + (np.arange(query.size) - np.repeat(starts, count))
+    squared = (br[which] - qr[query]) ** 2 + (bc[which] - qc[query]) ** 2
+    return np.sqrt(np.minimum.reduceat(squared, starts).astype(np.float64))
 
 
 def semantic_scores(true, pred, num_classes: int | None = None) -> dict[str, float]:
@@ -312,6 +318,9 @@ def foreground_miou(ov: Overlap, n_pixels: int) -> float:
 def instance_scores(true: np.ndarray, pred: np.ndarray, radius: float = 12.0, with_hausdorff: bool = True) -> dict:
     """Every per-image instance score from one overlap table: the row `nucseg evaluate` prints. Each map is
     relabelled once, for the table, the centroids and the Hausdorff distance alike."""
+    true, pred = np.asarray(true), np.asarray(pred)
+    if true.shape != pred.shape:
+        raise ValueError(f"true and pred differ in size: {true.shape} vs {pred.shape}")
     t, t_ids = relabel_sequential(true)
     p, p_ids = relabel_sequential(pred)
     ov = sequential_overlap(t, t_ids, p, p_ids)

@@ -66,6 +66,8 @@ def compute_overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
 def sequential_overlap(t: np.ndarray, t_ids: np.ndarray, p: np.ndarray, p_ids: np.ndarray) -> Overlap:
     """The table of two maps already relabelled 1..N (`relabel_sequential`'s output), for callers that need those
     maps again."""
+    if t.shape != p.shape:
+        raise ValueError(f"true and pred differ in size: {t.shape} vs {p.shape}")
     n_t, n_p = t_ids.size, p_ids.size
     width = n_p + 1
     cells = (n_t + 1) * width

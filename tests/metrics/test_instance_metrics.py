@@ -156,8 +156,8 @@ def test_hausdorff_equals_per_pair_reference():
 
 
 def test_hausdorff_beyond_the_ring_search(monkeypatch):
-    """Pixels farther from their partner than the ring search reaches are measured against the boundary, in chunks
-    of any size, exactly."""
+    """Pixels farther from their partner than the ring search reaches are measured against the boundary, by brute
+    force or a KD-tree, exactly."""
     from reference_metrics import hausdorff_per_pair
 
     from nucseg.metrics import instance
@@ -167,10 +167,20 @@ def test_hausdorff_beyond_the_ring_search(monkeypatch):
     expected = hausdorff_per_pair(t, p, [(1, 1), (2, 2)])
     assert expected == pytest.approx((25.0 + 2**0.5) / 2)
     assert M.hausdorff(t, p) == pytest.approx(expected)
-    monkeypatch.setattr(instance, "_BRUTE_FORCE_CHUNK", 1)
-    assert M.hausdorff(t, p) == pytest.approx(expected)
     monkeypatch.setattr(instance, "_RING_RADIUS", 1)
     assert M.hausdorff(t, p) == pytest.approx(expected)
+    monkeypatch.setattr(instance, "_BRUTE_FORCE_LIMIT", 0)  # the KD-tree for huge far sets
+    assert M.hausdorff(t, p) == pytest.approx(expected)
+    monkeypatch.setattr(instance, "_RING_RADIUS", 8)
+    monkeypatch.setattr(instance, "_RING_WORK_LIMIT", 0)  # no ring at all: every pixel to the boundary search
+    assert M.hausdorff(t, p) == pytest.approx(expected)
+
+
+def test_instance_scores_reject_maps_of_another_shape():
+    t = np.zeros((4, 6), np.int32)
+    t[0, :3] = 1
+    with pytest.raises(ValueError, match="differ in size"):
+        M.instance_scores(t, t.T.copy())
 
 
 def test_hausdorff_on_real_labels(shared_data):
@@ -197,12 +207,15 @@ def test_foreground_miou_from_overlap_equals_pixel_count():
             assert M.instance_scores(a, b)["miou"] == pytest.approx(expected, abs=1e-12)
 
 
-def test_bipartite_components_equal_scipy():
+@pytest.mark.parametrize("max_rounds", [64, 1])  # 1: scipy takes over
+def test_bipartite_components_equal_scipy(monkeypatch, max_rounds):
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    from nucseg.metrics import matching
     from nucseg.metrics.matching import _bipartite_components
 
+    monkeypatch.setattr(matching, "_MAX_ROUNDS", max_rounds)
     rng = np.random.default_rng(0)
     for n_true, n_pred, n_edges in ((5, 4, 0), (30, 40, 25), (200, 150, 400), (60, 60, 59)):
         a = rng.integers(0, n_true, n_edges)
