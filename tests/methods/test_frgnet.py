@@ -66,6 +66,27 @@ def test_postprocess_of_perfect_maps_recovers_the_nuclei_and_nms_removes_duplica
     assert method.postprocess(dense).labels.max() == 0
 
 
+def test_nms_before_refinement_refines_only_the_survivors_and_finds_the_same_nuclei(monkeypatch):
+    from nucseg.methods import get_method
+    from nucseg.methods.frgnet import inference
+    from nucseg.metrics import aji
+
+    s = synthetic_sample(128, 16, radius=(6, 10), touching=0.3, seed=2)
+    dense = perfect_dense(s.instances)
+    dense["refine"] = np.random.default_rng(0).normal(0, 0.2, dense["refine"].shape).astype(np.float32)
+    refined = []
+    real_refine = inference.refine_numpy
+    monkeypatch.setattr(inference, "refine_numpy", lambda f, p, n: refined.append(len(p)) or real_refine(f, p, n))
+    results = {}
+    for first in (False, True):
+        method = get_method("frgnet")({"encoder": "test_efficientnet", "min_area": 4, "nms_before_refine": first})
+        results[first] = method.postprocess(dense).labels
+    n_true = len(np.unique(s.instances)) - 1
+    assert refined[0] > 3 * n_true and refined[1] <= n_true + 1  # every proposal, then only NMS's survivors
+    assert aji(s.instances, results[True]) > 0.8
+    assert aji(results[False], results[True]) > 0.95
+
+
 def test_info_nce_is_lowest_for_aligned_pairs():
     from nucseg.methods.frgnet.method import info_nce
 
