@@ -20,6 +20,15 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def cpu_precision(precision: str | None) -> str:
+    """The CPU's precision for `precision` (None or auto: bf16 where the CPU has AMX, else fp32), torch-free."""
+    if precision in (None, "auto"):
+        return "bf16" if cpu_has_amx() else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not '{precision}'")
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":

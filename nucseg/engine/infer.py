@@ -71,7 +71,8 @@ class Predictor(DensePredictor):
         self.runtime = resolve_runtime(self.runtime, self.device, self.precision)
         self._openvino = None
         if self.runtime == "openvino":
-            self._openvino = openvino_or_none(self.method, self.model, self.channels + self.planes, self.runtime_key)
+            self._openvino = openvino_or_none(self.method, self.model, self.channels + self.planes, self.runtime_key,
+                                              self.precision)
         if self._openvino is None:
             self.runtime = "torch"
 
@@ -112,7 +113,7 @@ class Predictor(DensePredictor):
         if runtime == "openvino":
             key = checkpoint_key(path, cfg.infer.fold_batchnorm, cfg.data.channels + method.image_plane_count)
             try:
-                cached = OpenVINODense.cached(key)
+                cached = OpenVINODense.cached(key, precision=precision)
             except Exception:  # an unreadable cache entry: drop it, so it is exported again below
                 cache_path(key).unlink(missing_ok=True)
                 cached = None

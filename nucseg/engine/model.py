@@ -99,15 +99,15 @@ class Model:
 def exported_bundle(path: str | os.PathLike, device=None, precision: str | None = "auto",
                     runtime: str | None = None) -> Path | None:
     """The exported bundle to run `path` with, or None for the torch Predictor: a bundle made from these exact bytes
-    exists, OpenVINO is installed, and nothing asks for torch (a torch device, runtime torch, bf16, or "auto" on a
-    machine where an installed torch would choose better: an NVIDIA GPU, or a CPU with AMX for bf16)."""
-    from nucseg.engine.device import cpu_has_amx, gpu_present
+    exists, OpenVINO is installed, and nothing asks for torch (a torch device, runtime torch, or "auto" on a
+    machine with an NVIDIA GPU, where an installed torch would do better). bf16 (auto on CPUs with AMX) runs on
+    OpenVINO's bf16 kernels."""
+    from nucseg.engine.device import gpu_present
     from nucseg.engine.exported import openvino_importable, usable_bundle
 
-    if device is not None or runtime == "torch" or precision == "bf16":
+    if device is not None or runtime == "torch":
         return None
-    torch_would_do_better = gpu_present() or (precision in (None, "auto") and cpu_has_amx())
-    if runtime in (None, "auto") and torch_would_do_better and _torch_importable():
+    if runtime in (None, "auto") and gpu_present() and _torch_importable():
         return None
     if not openvino_importable():
         return None
@@ -130,7 +130,7 @@ def load_predictor(path: str | os.PathLike, device=None, precision: str | None =
     if bundle is not None:
         from nucseg.engine.exported import ExportedPredictor
 
-        return ExportedPredictor.from_bundle(bundle, batch_size, tta, threads or None)
+        return ExportedPredictor.from_bundle(bundle, batch_size, tta, threads or None, precision)
     if not _torch_importable():
         raise ValueError(f"{file}: this model has no exported graph beside it, so it needs torch: pip install "
                          "nucseg[train] (or export one: nucseg export CKPT --graph, where torch is installed)")

@@ -35,11 +35,12 @@ def openvino_available() -> bool:
 
 
 def resolve_runtime(name: str, device: torch.device, precision: str) -> str:
-    """auto: OpenVINO for fp32 inference on the CPU when installed, else torch. bf16 and CUDA stay on torch."""
+    """auto: OpenVINO on the CPU when installed (in bf16 where `precision` is bf16: CPUs with AMX), else torch.
+    CUDA stays on torch."""
     if name not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not '{name}'")
     if name == "auto":
-        use = device.type == "cpu" and precision == "fp32" and openvino_available()
+        use = device.type == "cpu" and precision in ("fp32", "bf16") and openvino_available()
         return "openvino" if use else "torch"
     if name == "openvino" and device.type != "cpu":
         raise ValueError("runtime 'openvino' runs on the CPU; use runtime torch on a GPU")
@@ -69,7 +70,8 @@ class OpenVINODense:
     against torch once, then cached under `key`), or from the cache alone (`OpenVINODense.cached(key)`),
     which needs neither the torch model nor timm: a cached file exists only once its check has passed."""
 
-    def __init__(self, method, model: nn.Module, channels: int, key: str | None = None, threads: int | None = None):
+    def __init__(self, method, model: nn.Module, channels: int, key: str | None = None, threads: int | None = None,
+                 precision: str = "fp32"):
         model = model.eval()
         generator = torch.Generator().manual_seed(0)
         # the export's example size and another, not square: a size traced into the graph as a number shows
@@ -83,23 +85,23 @@ class OpenVINODense:
         if not path.is_file():
             export_checked(wrapped, torch.rand(1, channels, 64, 64), path, probes, references, threads,
                            input_names=["image"], output_names=keys, dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}})
-        self._compile(path, threads)
+        self._compile(path, threads, precision)
 
     @classmethod
-    def cached(cls, key: str, threads: int | None = None) -> OpenVINODense | None:
+    def cached(cls, key: str, threads: int | None = None, precision: str = "fp32") -> OpenVINODense | None:
         path = cache_path(key)
         if not path.is_file():
             return None
         self = cls.__new__(cls)
-        self._compile(path, threads)
+        self._compile(path, threads, precision)
         return self
 
-    def _compile(self, path: Path, threads: int | None) -> None:
+    def _compile(self, path: Path, threads: int | None, precision: str) -> None:
         from nucseg.engine.exported import (
             OpenVINOGraph,  # shape-specific compiles, kept per shape (see there)
         )
 
-        self.graph = OpenVINOGraph(path, threads or torch.get_num_threads())
+        self.graph = OpenVINOGraph(path, threads or torch.get_num_threads(), precision)
         self.onnx_path = path
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -182,10 +184,11 @@ def checkpoint_key(path: str | Path, fold_batchnorm: bool, channels: int) -> str
     return digest.hexdigest()[:24]
 
 
-def openvino_or_none(method, model: nn.Module, channels: int, key: str | None = None) -> OpenVINODense | None:
+def openvino_or_none(method, model: nn.Module, channels: int, key: str | None = None,
+                     precision: str = "fp32") -> OpenVINODense | None:
     """An OpenVINO forward for `model`, or None (with a warning saying why) so the caller stays on torch."""
     try:
-        return OpenVINODense(method, model, channels, key)
+        return OpenVINODense(method, model, channels, key, precision=precision)
     except Exception as exc:  # any failure of an optional accelerator must not stop segmentation
         warnings.warn(f"OpenVINO runtime unavailable, using torch: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
