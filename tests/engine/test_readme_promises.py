@@ -41,7 +41,7 @@ def test_tta_averages_the_four_flips(trained_run, tmp_path):
     for k in dense:
         np.testing.assert_allclose(dense[k], manual[k], atol=1e-5, err_msg=k)
     assert not np.allclose(dense[next(iter(dense))], plain.dense(sample.image)[next(iter(dense))], atol=1e-4)
-    assert main(["segment", str(tmp_path / "in"), "--model", str(trained_run[0]), "--tta", "--runtime", "torch",
+    assert main(["segment", str(tmp_path / "in"), "--model", str(trained_run[0]), "--tta", "--runtime", "torch", "--precision", "fp32",
                  "--outputs", "labels", "--out", str(tmp_path / "out")]) == 0
     written = read_label(tmp_path / "out/labels/a.png")
     np.testing.assert_array_equal(written, tta.segment(sample.image).labels)

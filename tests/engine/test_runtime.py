@@ -35,10 +35,10 @@ def test_openvino_equals_torch_and_is_cached(tmp_path, monkeypatch):
     assert len(list((tmp_path / "openvino").glob("*.onnx"))) == 1
 
 
-def test_auto_picks_openvino_on_cpu_fp32_only():
+def test_auto_picks_openvino_on_the_cpu_in_fp32_and_bf16():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert R.resolve_runtime("auto", cpu, "fp32") == "openvino"
-    assert R.resolve_runtime("auto", cpu, "bf16") == "torch"
+    assert R.resolve_runtime("auto", cpu, "bf16") == "openvino"  # OpenVINO's bf16 kernels on CPUs with AMX
     assert R.resolve_runtime("auto", cuda, "bf16") == "torch"
     with pytest.raises(ValueError, match="runtime must be"):
         R.resolve_runtime("tensorrt", cpu, "fp32")
