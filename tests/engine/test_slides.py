@@ -132,7 +132,8 @@ def test_slide_equals_flat_segment_on_synthetic_image(trained_run, tmp_path):
     path = write_pyramid_tiff(tmp_path / "syn.tif", image, mpp=None, min_size=10_000)
     report = run_slide(path, tmp_path / "out", trained_run[0])
     labels, geojson, table = slide_outputs(tmp_path / "out" / "syn")
-    flat = Predictor.from_checkpoint(trained_run[0] / "best.ckpt").segment_tiles(image, TILE, MARGIN).labels
+    flat = Predictor.from_checkpoint(trained_run[0] / "best.ckpt", precision="auto")  # the slide run's precision
+    flat = flat.segment_tiles(image, TILE, MARGIN).labels
     assert report.tiles == 25 and report.nuclei == int(flat.max()) > 20
     np.testing.assert_array_equal(labels, flat)  # same ids, same pixels: no seams, nothing cut or doubled
     # an OME-Zarr 0.4 label image (zarr format 2), as napari-ome-zarr reads it
