@@ -35,12 +35,13 @@ def test_segment_without_torch_writes_what_the_torch_path_writes(tmp_path):
     for the probability (a mean of float maps the two runtimes compute within 4e-6: its 4th decimal may round
     differently)."""
     code = ("from nucseg.cli import main\n"
-            f"rc = main(['segment', {str(FOLDER)!r}, '--out', {str(tmp_path / 'free')!r}, '--threads', '2'])\n"
+            f"rc = main(['segment', {str(FOLDER)!r}, '--out', {str(tmp_path / 'free')!r}, '--threads', '2', '--precision', 'fp32'])\n"
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
             "sys.exit(rc)\n")
     done = run_without_torch(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert main(["segment", str(FOLDER), "--out", str(tmp_path / "torch"), "--runtime", "torch", "--threads", "2"]) == 0
+    assert main(["segment", str(FOLDER), "--out", str(tmp_path / "torch"), "--runtime", "torch", "--threads", "2",
+                 "--precision", "fp32"]) == 0  # fp32 both: on a CPU with AMX auto is bf16
     written = sorted(p.relative_to(tmp_path / "torch") for p in (tmp_path / "torch").rglob("*") if p.is_file())
     assert len(written) == 4 * 4
     for rel in written:
