@@ -30,13 +30,9 @@ def cpu_precision(precision: str | None) -> str:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16"
-        return "bf16" if cpu_has_amx() else "fp32"
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, not '{precision}'")
-    return precision
+    if precision == "auto" and device.type == "cuda":
+        return "bf16"
+    return cpu_precision(precision)
 
 
 def autocast(device: torch.device, precision: str):
