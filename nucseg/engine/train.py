@@ -340,13 +340,16 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
                 bar.update(1)
                 bar.set_postfix({k: f"{v.item():.4f}" for k, v in logged.items() if k.endswith("total")})
             if step % cfg.train.log_every == 0 or step == stage_end:
-                row = {"step": step, "stage": stage.name, "seconds": round(time.time() - t0, 2)}
+                # the resolved precision: `auto` trains in bf16 on AMX CPUs and GPUs, fp32 elsewhere, and a resumed
+                # run may have moved machine, so each row says what it ran in
+                row = {"step": step, "stage": stage.name, "seconds": round(time.time() - t0, 2),
+                       "precision": precision}
                 row.update({f"lr/{k}" if len(lrs) > 1 else "lr": v for k, v in lrs.items()})
                 row.update({k: round(float(v.item()), 6) for k, v in logged.items()})
                 _append_csv(out_dir / "train.csv", row)
                 if tensorboard is not None:
                     for k, v in row.items():
-                        if k not in ("step", "seconds", "stage"):
+                        if k not in ("step", "seconds", "stage", "precision"):
                             tensorboard.add_scalar(f"train/{k}", v, step)
             at_val_step = cfg.train.val_every > 0 and (step % cfg.train.val_every == 0 or step == cfg.train.steps)
             if at_val_step and not stage.validate and val_sets:  # a stage's own metrics (CFR-SAM's prompt recall)

@@ -32,6 +32,9 @@ def test_training_lowers_loss_and_writes_run_dir(trained_run):
     assert values[-1] < values[0] * 0.8
     ckpt = torch.load(out / "last.ckpt", weights_only=True)
     assert ckpt["step"] == 30 and "nucseg 0.1.0" in (out / "config.yaml").read_text()
+    # each row names the precision it trained in (the fixture pins fp32; `auto` would depend on the CPU)
+    with open(out / "train.csv") as f:
+        assert {r["precision"] for r in csv.DictReader(f)} == {"fp32"}
 
 
 def test_resume_continues_where_it_stopped(synthetic_set, tmp_path):
