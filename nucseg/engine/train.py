@@ -215,7 +215,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed + rank)
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device, training=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -40,3 +40,19 @@ def test_inference_commands_let_idle_openmp_threads_sleep_unless_the_user_chose(
     base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert policy(base) == "PASSIVE"
     assert policy({**base, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_auto_precision_trains_in_bf16_on_amx_and_infers_in_fp32(monkeypatch, amx):
+    """bf16 inference did not hold the `he` U-Net's H&E scores, so `auto` keeps it for training (on AMX CPUs and
+    GPUs); asked for by name, either precision passes through."""
+    from nucseg.engine import device
+
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: amx)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert device.resolve_precision("auto", cpu) == device.cpu_precision(None) == "fp32"
+    assert device.resolve_precision("auto", cpu, training=True) == ("bf16" if amx else "fp32")
+    assert device.resolve_precision("auto", gpu) == device.resolve_precision("auto", gpu, training=True) == "bf16"
+    assert device.resolve_precision("bf16", cpu) == "bf16" and device.cpu_precision("fp32", training=True) == "fp32"
+    with pytest.raises(ValueError, match="precision must be"):
+        device.cpu_precision("fp16")

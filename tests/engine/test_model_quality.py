@@ -80,13 +80,13 @@ def _load(shared, images):
 
 def _runs(row: Row) -> list[tuple[str | None, str | None]]:
     """(runtime, precision) pairs: the default (None, None) and, for exported models, OpenVINO and torch in fp32,
-    whose scores must agree. On a CPU with AMX the default is bf16 (OpenVINO's bf16 kernels), a run of its own."""
-    from nucseg.engine.device import cpu_precision
+    whose scores must agree. On a CPU with AMX, also the opt-in bf16 (OpenVINO's bf16 kernels) against the card."""
+    from nucseg.engine.device import cpu_has_amx
 
     if row.default_runtime == "torch":
         return [(None, None)]
     pair = [("openvino", "fp32"), ("torch", "fp32")]
-    return pair if cpu_precision(None) == "fp32" else [(None, None), *pair]
+    return [*pair, ("openvino", "bf16")] if cpu_has_amx() else pair
 
 
 @pytest.mark.parametrize("row", QUALITY, ids=[r.model for r in QUALITY])
