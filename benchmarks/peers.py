@@ -6,7 +6,8 @@
 - nucseg: the whole `nucseg segment` process as a user runs it (start-up, model loading, reading, prediction,
   post-processing and all four outputs written), wall seconds divided by the tile count: a stricter figure.
 
-Then the levers, each A/B in the same run: the forward runtime (OpenVINO vs torch). Peak memory is each process's
+Then the levers, each A/B in the same run: the forward runtime (OpenVINO vs torch) and, on CPUs with AMX, bf16
+(opt-in: `--precision bf16`). Peak memory is each process's
 maximum RSS. Only the ratio holds: timings on these machines move by 2x between days.
 
     python benchmarks/peers.py [--model he] [--tiles 13] [--threads 2] [--stardist-venv .venv-stardist] [--rounds 2]
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from nucseg.engine.device import cpu_has_amx
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -42,7 +45,7 @@ def run_stardist(python: Path, tiles: list[Path], threads: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_nucseg(tiles: list[Path], threads: int, runtime: str, model: str = "he") -> dict:
+def run_nucseg(tiles: list[Path], threads: int, runtime: str, model: str = "he", precision: str = "auto") -> dict:
     """The whole `nucseg segment` command in a fresh process: wall seconds per tile and the child's peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
@@ -51,7 +54,7 @@ def run_nucseg(tiles: list[Path], threads: int, runtime: str, model: str = "he")
             (folder / t.name).symlink_to(t)
         # `nucseg segment` exactly as the console script runs it, reporting its own peak RSS on the way out
         cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "segment", str(folder), "--out", f"{tmp}/out", "--threads",
-               str(threads), "--model", model, "--runtime", runtime]
+               str(threads), "--model", model, "--runtime", runtime, "--precision", precision]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
@@ -76,27 +79,32 @@ def main() -> None:
     tiles = sorted((Path(args.data) / "monuseg-train" / "images").glob("*.png"))[: args.tiles]
     python = stardist_python(Path(args.stardist_venv))
     run_nucseg(tiles[:1], args.threads, "openvino", args.model)  # fills the OpenVINO export cache, as any first run would
-    rows: dict[str, list] = {"stardist": [], "openvino": [], "torch": []}
+    # (label, runtime, precision); bf16 (opt-in, OpenVINO's bf16 kernels) only where the CPU has AMX
+    variants = [("openvino", "openvino", "fp32"), ("torch", "torch", "fp32")]
+    if cpu_has_amx():
+        variants.append(("openvino bf16", "openvino", "bf16"))
+    rows: dict[str, list] = {"stardist": [], **{label: [] for label, _, _ in variants}}
     peaks: dict[str, float] = {}
-    for _ in range(args.rounds):  # alternate, so that a slow spell of the machine hits all three alike
+    for _ in range(args.rounds):  # alternate, so that a slow spell of the machine hits all of them alike
         sd = run_stardist(python, tiles, args.threads)
         rows["stardist"].append(sd["mean_s"])
         peaks["stardist"] = sd["peak_rss_mib"]
-        for runtime in ("openvino", "torch"):
-            r = run_nucseg(tiles, args.threads, runtime, args.model)
-            rows[runtime].append(r["seconds_per_tile"])
-            peaks[runtime] = max(peaks.get(runtime, 0), r["peak_rss_mib"])
+        for label, runtime, precision in variants:
+            r = run_nucseg(tiles, args.threads, runtime, args.model, precision)
+            rows[label].append(r["seconds_per_tile"])
+            peaks[label] = max(peaks.get(label, 0), r["peak_rss_mib"])
     med = {k: sorted(v)[len(v) // 2] for k, v in rows.items()}
     print(f"model {args.model}; {len(tiles)} MoNuSeg tiles of 1000x1000, {args.threads} threads, "
           f"{args.rounds} alternating rounds:")
     print(f"  StarDist (from the decoded array, no writing)      {med['stardist']:.2f} s per tile   "
           f"peak {peaks.get('stardist', 0):.0f} MiB   rounds {', '.join(f'{x:.2f}' for x in rows['stardist'])}")
-    for runtime in ("openvino", "torch"):
-        print(f"  nucseg segment, whole process, {runtime:8s} runtime {med[runtime]:.2f} s per tile   "
-              f"peak {peaks.get(runtime, 0):.0f} MiB   rounds {', '.join(f'{x:.2f}' for x in rows[runtime])}   "
-              f"{med['stardist'] / med[runtime]:.2f}x StarDist's speed")
+    for label, _, _ in variants:
+        print(f"  nucseg segment, whole process, {label:13s} {med[label]:.2f} s per tile   "
+              f"peak {peaks.get(label, 0):.0f} MiB   rounds {', '.join(f'{x:.2f}' for x in rows[label])}   "
+              f"{med['stardist'] / med[label]:.2f}x StarDist's speed")
     print(f"  lever: OpenVINO vs torch forward, whole command {med['torch'] / med['openvino']:.2f}x")
-
+    if "openvino bf16" in med:
+        print(f"  lever: bf16 vs fp32 on OpenVINO, whole command {med['openvino'] / med['openvino bf16']:.2f}x")
 
 if __name__ == "__main__":
     main()
