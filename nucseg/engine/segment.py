@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +70,14 @@ class SegmentReport:
 def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = None, outputs=("labels", "overlay",
                   "geojson", "csv"), mpp: float | None = None, batch_size: int | None = None, threads: int = 0,
                   tta: bool = False, precision: str = "auto", progress: bool = True,
-                  checkpoint: str | None = None, runtime: str | None = None) -> SegmentReport:
+                  checkpoint: str | None = None, runtime: str | None = None,
+                  postprocess_in: str = "thread") -> SegmentReport:
     """`nucseg segment`: each image through `Model.segment`'s steps and `Result.save`, the Python API's, so the
-    two give the same outputs. Holds `out_dir`'s lock while it runs (`nucseg.io.lock`)."""
+    two give the same outputs. Holds `out_dir`'s lock while it runs (`nucseg.io.lock`). `postprocess_in`: where
+    post-processing and writing run while the next image is predicted, a `thread` (default) or a spawned `process`
+    (benchmarks/segment.py --postprocess-in A/Bs them)."""
+    if postprocess_in not in ("thread", "process"):
+        raise ValueError(f"postprocess_in must be thread or process, not '{postprocess_in}'")
     from nucseg.engine.model import Model
     from nucseg.io.lock import output_lock
 
@@ -81,12 +86,22 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
         raise ValueError("no input images (png/jpg/tif) found")
     loaded = Model(model, checkpoint, runtime, precision, threads, batch_size, tta)  # a bad name fails before
     with output_lock(out_dir):  # one job per output folder: a second is refused, naming the first
-        return _segment(files, Path(out_dir), loaded, outputs, mpp, progress)
+        return _segment(files, Path(out_dir), loaded, outputs, mpp, progress, postprocess_in)
 
 
-def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | None, progress: bool) -> SegmentReport:
+def _finish(method, class_names: dict, out_dir: Path, outputs, mpp: float | None, path: Path, image,
+            result: Instances | dict, label: str) -> int:
+    """Post-process `result` when it is still dense maps, write the outputs, return the nucleus count; runs on the
+    background worker (a module-level function, so a worker process can run it too)."""
     from nucseg.result import Result
 
+    inst = result if isinstance(result, Instances) else method.postprocess(result)
+    Result(inst, image, class_names, mpp, label).save(out_dir, path.stem, outputs)
+    return len(inst)
+
+
+def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | None, progress: bool,
+             postprocess_in: str = "thread") -> SegmentReport:
     report = SegmentReport()
     items = files
     if progress:
@@ -102,18 +117,18 @@ def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | Non
         except Exception as exc:
             report.failed.append((str(path), f"post-processing or writing failed: {type(exc).__name__}: {exc}"))
 
-    def finish(path: Path, image, predictor, result: Instances | dict, label: str) -> int:
-        """Post-process `result` when it is still dense maps, write the outputs, return the nucleus count; runs on
-        the background thread."""
-        inst = result if isinstance(result, Instances) else predictor.method.postprocess(result)
-        Result(inst, image, dict(predictor.class_names), mpp, label).save(out_dir, path.stem, outputs)
-        return len(inst)
-
     # The main thread reads and runs the forward pass; post-processing and writing run on a background thread while
     # the next image is predicted (PNG encoding, scipy, OpenCV, OpenVINO and torch release the GIL). One image in
-    # flight at a time, so memory stays bounded.
+    # flight at a time, so memory stays bounded. A spawned process (not forked: OpenVINO's and torch's threads are
+    # running) gets the maps and the image pickled.
     pending = None
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    if postprocess_in == "process":
+        import multiprocessing
+
+        executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        executor = ThreadPoolExecutor(max_workers=1)
+    with executor as writer:
         for path in items:
             try:
                 t0 = time.perf_counter()
@@ -132,7 +147,8 @@ def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | Non
             label = loaded.name_for(used)
             row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "model": label,
                    "seconds": time.perf_counter() - t0}
-            pending = (path, writer.submit(finish, path, image, predictor, result, label), row)
+            pending = (path, writer.submit(_finish, predictor.method, dict(predictor.class_names), out_dir, outputs,
+                                           mpp, path, image, result, label), row)
         if pending is not None:
             collect(pending)
     report.load_seconds = loaded.load_seconds

@@ -166,6 +166,28 @@ def test_segment_cli_end_to_end(trained_run, tmp_path, capsys):
     assert float(px[0]["area"]) == pytest.approx(float(rows[0]["area"]) / mpp**2, rel=1e-6)
 
 
+def test_postprocessing_in_a_process_writes_what_the_thread_writes(trained_run, tmp_path):
+    """`postprocess_in="process"` (a spawned worker, the A/B lever) writes byte-identical outputs and reports a
+    failing image by name like the thread does; an unknown worker is refused."""
+    from nucseg.data.synthetic import synthetic_sample
+    from nucseg.engine.segment import segment_files
+    from nucseg.io.images import write_image
+
+    for seed in (3, 4):
+        write_image(tmp_path / "in" / f"s{seed}.png", synthetic_sample(96, 12, seed=seed).image)
+    (tmp_path / "in" / "broken.png").write_bytes(b"nope")
+    reports = {w: segment_files([str(tmp_path / "in")], tmp_path / w, str(trained_run[0]), progress=False,
+                                precision="fp32", postprocess_in=w) for w in ("thread", "process")}
+    for w, report in reports.items():
+        assert [Path(p).name for p, _ in report.failed] == ["broken.png"] and len(report.rows) == 2, w
+    written = sorted(p.relative_to(tmp_path / "thread") for p in (tmp_path / "thread").rglob("*") if p.is_file())
+    assert len(written) == 8
+    for rel in written:
+        assert (tmp_path / "thread" / rel).read_bytes() == (tmp_path / "process" / rel).read_bytes(), rel
+    with pytest.raises(ValueError, match="postprocess_in"):
+        segment_files([str(tmp_path / "in")], tmp_path / "x", str(trained_run[0]), postprocess_in="gpu")
+
+
 def test_segment_unknown_model(tmp_path, capsys):
     """A model that does not exist is an error naming it, even with a good image to segment, and writes nothing."""
     from nucseg.cli import main
