@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all)")
     p.add_argument("--tta", action="store_true", help="average over flips (slower, slightly more accurate)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 on CUDA and on CPUs with AMX, else fp32")
+                   help="auto: bf16 on CUDA, fp32 on CPUs (bf16 there is faster on CPUs with AMX but cost H&E PQ 0.006)")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("segment-slide", help="segment whole slides tile by tile (resumable; Dask with --workers)")
