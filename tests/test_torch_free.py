@@ -41,7 +41,7 @@ def test_segment_without_torch_writes_what_the_torch_path_writes(tmp_path):
     done = run_without_torch(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["segment", str(FOLDER), "--out", str(tmp_path / "torch"), "--runtime", "torch", "--threads", "2",
-                 "--precision", "fp32"]) == 0  # fp32 both: on a CPU with AMX auto is bf16
+                 "--precision", "fp32"]) == 0  # fp32 both (auto is fp32 for inference on CPUs too; said, not assumed)
     written = sorted(p.relative_to(tmp_path / "torch") for p in (tmp_path / "torch").rglob("*") if p.is_file())
     assert len(written) == 4 * 4
     for rel in written:

@@ -21,10 +21,11 @@ def cpu_has_amx() -> bool:
 
 
 def cpu_precision(precision: str | None, training: bool = False) -> str:
-    """The CPU's precision for `precision`, torch-free. None or auto: fp32 for inference; for training, bf16 where the
-    CPU has AMX (faster steps; each train.csv row names its precision), else fp32. Inference stays fp32 because bf16 did not hold the shipped `he`
-    U-Net's scores on the H&E protocol's validation split (PQ 0.515 -> 0.509, AJI 0.553 -> 0.552; fluo held: 0.773 ->
-    0.774), though `nucseg compare` ran 1.65x faster with it on AMX: `--precision bf16` asks for it."""
+    """The CPU's precision for `precision`, torch-free. None or auto: fp32 for inference; for training, bf16 where
+    the CPU has AMX (faster steps; each train.csv row names its precision), else fp32. Inference stays fp32 because
+    OpenVINO bf16 did not hold the shipped `he` U-Net's scores on the H&E protocol's validation split (PQ 0.515 ->
+    0.509, AJI 0.553 -> 0.552; fluo held: 0.773 -> 0.774), though the whole `nucseg segment` ran 1.35x faster with
+    it on AMX: `--precision bf16` asks for it. (CUDA keeps bf16 under auto; its accuracy there is not measured.)"""
     if precision in (None, "auto"):
         return "bf16" if training and cpu_has_amx() else "fp32"
     if precision not in ("bf16", "fp32"):
@@ -34,7 +35,7 @@ def cpu_precision(precision: str | None, training: bool = False) -> str:
 
 def resolve_precision(precision: str, device: torch.device, training: bool = False) -> str:
     """auto: bf16 on a GPU; on a CPU, `cpu_precision`'s rule (bf16 only to train, on AMX)."""
-    if precision == "auto" and device.type == "cuda":
+    if precision in (None, "auto") and device.type == "cuda":
         return "bf16"
     return cpu_precision(precision, training)
 

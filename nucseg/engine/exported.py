@@ -77,8 +77,8 @@ class OpenVINOGraph:
         import openvino as ov
 
         self.core = ov.Core()
-        # bf16: OpenVINO's bf16 kernels on CPUs with AMX (the precision torch would autocast to there), 2.3-3.2x
-        # faster than f32 on the shipped models (docs/design.md); f32 everywhere else, and for every export check
+        # bf16 when asked for (`--precision bf16`): OpenVINO's bf16 kernels on CPUs with AMX, 2.3-3.2x faster than
+        # f32 per window on the shipped models (docs/design.md); f32 otherwise, and for every export check
         hint = "bf16" if precision == "bf16" else "f32"
         self.config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                        "INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1)}
@@ -130,7 +130,7 @@ class ExportedPredictor(DensePredictor):
     @classmethod
     def from_bundle(cls, path: str | Path, batch_size: int | None = None, tta: bool = False,
                     threads: int | None = None, precision: str | None = None) -> ExportedPredictor:
-        """precision: fp32, bf16, or None / auto (bf16 on CPUs with AMX, else fp32)."""
+        """precision: fp32, bf16, or None / auto (fp32: bf16 is opt-in, see `cpu_precision`)."""
         from nucseg.data.prepare import stain_normalizer
         from nucseg.engine.config import config_from_yaml
         from nucseg.methods.inference import get_inference

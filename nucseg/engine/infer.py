@@ -86,7 +86,7 @@ class Predictor(DensePredictor):
         from nucseg.engine.device import default_device, resolve_precision
 
         device = device or default_device()
-        precision = resolve_precision(precision or cfg.train.precision, device)
+        precision = resolve_precision(precision or "auto", device)  # inference's rule, not the training's
         return cls(method, model, cfg.infer, cfg.data.channels, device, precision, stain_normalizer(cfg.data),
                    runtime or cfg.infer.runtime, runtime_key, prebuilt,
                    {int(k): str(v) for k, v in dict(cfg.data.class_names).items()}, cfg.data.input_scale)
@@ -107,7 +107,7 @@ class Predictor(DensePredictor):
         if batch_size:
             cfg.infer.batch_size = batch_size
         cfg.infer.tta = tta
-        precision = resolve_precision(precision or cfg.train.precision, device)
+        precision = resolve_precision(precision or "auto", device)  # inference's rule, not the training's
         runtime = resolve_runtime(runtime or cfg.infer.runtime, device, precision) if method.blendable else "torch"
         key = None
         if runtime == "openvino":

@@ -100,7 +100,7 @@ def exported_bundle(path: str | os.PathLike, device=None, precision: str | None 
                     runtime: str | None = None) -> Path | None:
     """The exported bundle to run `path` with, or None for the torch Predictor: a bundle made from these exact bytes
     exists, OpenVINO is installed, and nothing asks for torch (a torch device, runtime torch, or "auto" on a
-    machine with an NVIDIA GPU, where an installed torch would do better). bf16 (auto on CPUs with AMX) runs on
+    machine with an NVIDIA GPU, where an installed torch would do better). bf16 (`--precision bf16`) runs on
     OpenVINO's bf16 kernels."""
     from nucseg.engine.device import gpu_present
     from nucseg.engine.exported import openvino_importable, usable_bundle

@@ -35,7 +35,7 @@ def openvino_available() -> bool:
 
 
 def resolve_runtime(name: str, device: torch.device, precision: str) -> str:
-    """auto: OpenVINO on the CPU when installed (in bf16 where `precision` is bf16: CPUs with AMX), else torch.
+    """auto: OpenVINO on the CPU when installed (in bf16 where `precision` asks for it), else torch.
     CUDA stays on torch."""
     if name not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not '{name}'")

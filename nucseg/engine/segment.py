@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def segment_files(inputs: list[str], out_dir: str | Path, model: str | None = No
     """`nucseg segment`: each image through `Model.segment`'s steps and `Result.save`, the Python API's, so the
     two give the same outputs. Holds `out_dir`'s lock while it runs (`nucseg.io.lock`). `postprocess_in`: where
     post-processing and writing run while the next image is predicted, a `thread` (default) or a spawned `process`
-    (benchmarks/segment.py --postprocess-in A/Bs them)."""
+    (1.11x slower on 2 cores, docs/design.md; like any spawned worker it needs the caller's script guarded by
+    `if __name__ == "__main__":`). A worker process that dies fails its image; the rest go on a thread."""
     if postprocess_in not in ("thread", "process"):
         raise ValueError(f"postprocess_in must be thread or process, not '{postprocess_in}'")
     from nucseg.engine.model import Model
@@ -125,10 +127,10 @@ def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | Non
     if postprocess_in == "process":
         import multiprocessing
 
-        executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        writer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     else:
-        executor = ThreadPoolExecutor(max_workers=1)
-    with executor as writer:
+        writer = ThreadPoolExecutor(max_workers=1)
+    try:
         for path in items:
             try:
                 t0 = time.perf_counter()
@@ -147,9 +149,18 @@ def _segment(files: list[Path], out_dir: Path, loaded, outputs, mpp: float | Non
             label = loaded.name_for(used)
             row = {"image": path.name, "size": f"{image.shape[1]}×{image.shape[0]}", "model": label,
                    "seconds": time.perf_counter() - t0}
-            pending = (path, writer.submit(_finish, predictor.method, dict(predictor.class_names), out_dir, outputs,
-                                           mpp, path, image, result, label), row)
+            job = (_finish, predictor.method, dict(predictor.class_names), out_dir, outputs, mpp, path, image, result,
+                   label)
+            try:
+                future = writer.submit(*job)
+            except BrokenProcessPool:  # the worker died (memory, a crash) with the last image: a thread takes over
+                writer.shutdown(wait=False)
+                writer = ThreadPoolExecutor(max_workers=1)
+                future = writer.submit(*job)
+            pending = (path, future, row)
         if pending is not None:
             collect(pending)
+    finally:
+        writer.shutdown()
     report.load_seconds = loaded.load_seconds
     return report

@@ -225,7 +225,9 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     _check_select_metric(cfg, method)
     model = method.build_model().to(device).to(memory_format=torch.channels_last)
     if not any(p.requires_grad for p in model.parameters()):
-        return _training_free(method, model, cfg, out_dir, device, precision, rank)
+        # nothing trains: its one validation is inference, in inference's precision
+        return _training_free(method, model, cfg, out_dir, device, resolve_precision(cfg.train.precision, device),
+                              rank)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
     plan = stage_plan(method, cfg)
     cfg.train.steps = plan[-1][2]

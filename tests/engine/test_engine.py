@@ -55,6 +55,21 @@ def test_resume_continues_where_it_stopped(synthetic_set, tmp_path):
     assert np.allclose(losses(tmp_path / "full"), losses(tmp_path / "half"), rtol=1e-4)
 
 
+def test_training_resolves_precision_by_the_training_rule_and_logs_it(synthetic_set, tmp_path, monkeypatch):
+    """train asks for the training rule (bf16 on AMX CPUs; inference's is fp32) and each train.csv row names the
+    precision it got, not the config's `auto`."""
+    from nucseg.engine import train as train_module
+
+    asked = []
+    monkeypatch.setattr(train_module, "resolve_precision",
+                        lambda precision, device, training=False: asked.append((precision, training)) or "fp32")
+    train_module.train(smoke_cfg(synthetic_set, "train.steps=2", "train.val_every=0", "train.log_every=1"),
+                       tmp_path / "run", progress=False)
+    assert asked == [("auto", True)]
+    with open(tmp_path / "run/train.csv") as f:
+        assert [r["precision"] for r in csv.DictReader(f)] == ["fp32", "fp32"]
+
+
 def test_bad_config_key_is_an_error(tmp_path):
     with pytest.raises(Exception, match="nonsense"):
         load_config(SMOKE, ["train.nonsense=1"])
@@ -167,8 +182,8 @@ def test_segment_cli_end_to_end(trained_run, tmp_path, capsys):
 
 
 def test_postprocessing_in_a_process_writes_what_the_thread_writes(trained_run, tmp_path):
-    """`postprocess_in="process"` (a spawned worker, the A/B lever) writes byte-identical outputs and reports a
-    failing image by name like the thread does; an unknown worker is refused."""
+    """`postprocess_in="process"` (a spawned worker, the A/B lever) writes byte-identical outputs, an unreadable
+    image among them is still reported by name, and an unknown worker is refused."""
     from nucseg.data.synthetic import synthetic_sample
     from nucseg.engine.segment import segment_files
     from nucseg.io.images import write_image

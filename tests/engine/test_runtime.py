@@ -184,3 +184,19 @@ def test_methods_with_local_kernels_and_contours_run_on_openvino(name, tmp_path,
     a, b = fast.dense(image), Predictor(method, model, cfg, runtime="torch").dense(image)
     for k in b:
         assert np.abs(a[k] - b[k]).max() < 1e-3, k
+
+
+def test_the_shipped_graph_runs_f32_unless_bf16_is_asked_for(monkeypatch):
+    """On a CPU with AMX too, `nucseg segment`'s default (the exported `he` graph, precision auto) compiles in f32;
+    bf16 only when asked for (it cost `he` 0.006 PQ on the H&E protocol)."""
+    from nucseg.engine import device
+    from nucseg.engine.exported import ExportedPredictor
+    from nucseg.engine.model import exported_bundle
+    from nucseg.engine.segment import DEFAULT_MODEL
+
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    bundle = exported_bundle(DEFAULT_MODEL, runtime="openvino")
+    assert bundle is not None
+    hint = {p: ExportedPredictor.from_bundle(bundle, precision=p).graph.config["INFERENCE_PRECISION_HINT"]
+            for p in (None, "auto", "fp32", "bf16")}
+    assert hint == {None: "f32", "auto": "f32", "fp32": "f32", "bf16": "bf16"}
