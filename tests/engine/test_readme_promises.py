@@ -70,6 +70,7 @@ def test_precision_bf16_runs_in_bf16_and_agrees_with_fp32(trained_run, tmp_path)
 
 def test_export_fp16_halves_the_weights_and_segments_alike(trained_run, tmp_path):
     from nucseg.engine.checkpoints import load_checkpoint
+    from nucseg.engine.infer import Predictor
     from nucseg.io.images import read_label
     from nucseg.metrics import aji
 
@@ -81,11 +82,21 @@ def test_export_fp16_halves_the_weights_and_segments_alike(trained_run, tmp_path
     assert floats and all(half[k].dtype == torch.float16 for k in floats)
     assert all(torch.equal(half[k], full[k].half()) for k in floats)
     assert (tmp_path / "fp16.pt").stat().st_size < 0.6 * (tmp_path / "fp32.pt").stat().st_size
-    _image(tmp_path)
+    sample = _image(tmp_path)
+    # the maps differ by the weights' rounding alone (loading casts back to fp32) ...
+    fp32_maps = Predictor.from_checkpoint(tmp_path / "fp32.pt", runtime="torch").dense(sample.image)
+    fp16_maps = Predictor.from_checkpoint(tmp_path / "fp16.pt", runtime="torch").dense(sample.image)
+    for k in fp32_maps:
+        assert not np.array_equal(fp16_maps[k], fp32_maps[k]) and np.abs(fp16_maps[k] - fp32_maps[k]).max() < 5e-3, k
     for name in ("fp32", "fp16"):
         assert main(["segment", str(tmp_path / "in"), "--model", str(tmp_path / f"{name}.pt"), "--runtime", "torch",
                      "--outputs", "labels", "--out", str(tmp_path / name)]) == 0
-    assert aji(read_label(tmp_path / "fp32/labels/a.png"), read_label(tmp_path / "fp16/labels/a.png")) > 0.95
+    fp32 = read_label(tmp_path / "fp32/labels/a.png")
+    fp16 = read_label(tmp_path / "fp16/labels/a.png")
+    # ... and the labels alike: the smoke model's markers sit near their threshold, so a 1e-3 change can split or
+    # merge one of its ~10 nuclei (AJI 0.89 measured in fp32); the foreground is the stable part
+    assert fp32.max() >= 5 and abs(int(fp32.max()) - int(fp16.max())) <= 1
+    assert ((fp32 > 0) & (fp16 > 0)).sum() / ((fp32 > 0) | (fp16 > 0)).sum() > 0.99 and aji(fp32, fp16) > 0.8
 
 
 def _rows(path):
