@@ -214,6 +214,14 @@ def polygons_to_instances(
 
 def instance_means(labels: np.ndarray, values: np.ndarray) -> dict[int, float]:
     """{id: mean of `values` over the instance's pixels}, from two bincounts."""
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and top < _DENSE_ID_LIMIT and labels.min() >= 0:  # bincount over the ids: no relabelling (post-processing)
+        flat = labels.ravel()
+        area = np.bincount(flat, minlength=top + 1)
+        total = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=top + 1)
+        ids = np.flatnonzero(area[1:]) + 1
+        return {int(i): float(total[i] / area[i]) for i in ids}
     relabelled, old = relabel_sequential(labels)
     if old.size == 0:
         return {}
@@ -225,6 +233,12 @@ def instance_means(labels: np.ndarray, values: np.ndarray) -> dict[int, float]:
 
 def remove_small_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Zero out instances smaller than `min_area` pixels."""
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    if labels.size and top < _DENSE_ID_LIMIT and labels.min() >= 0:  # bincount over the ids: no relabelling pass
+        keep = np.bincount(labels.ravel(), minlength=top + 1) >= min_area
+        keep[0] = False
+        return np.where(keep[labels], labels, 0).astype(np.int32)
     relabelled, old = relabel_sequential(labels)
     counts = np.bincount(relabelled.ravel(), minlength=old.size + 1)
     keep = counts >= min_area

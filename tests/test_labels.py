@@ -67,3 +67,19 @@ def test_fast_properties_agree_with_skimage():
         if r.area > 100 and ndi.label(r.image)[1] == 1:  # a cut ellipse has a hull over both parts
             assert abs(props["solidity"][k] - r.solidity) < 0.05
             assert abs(props["perimeter"][k] - r.perimeter) / r.perimeter < 0.05
+
+
+@pytest.mark.parametrize("top", [90000, 1 << 25])  # the bincount-over-ids path, and the relabelling one past its limit
+def test_instance_means_and_small_removal_per_id(top):
+    rng = np.random.default_rng(0)
+    lab = np.zeros((40, 40), np.int64)
+    lab[2:12, 2:12], lab[20:23, 20:23], lab[30:38, 5:15] = 7, top, 3  # areas 100, 9, 80
+    values = rng.random(lab.shape)
+    means = L.instance_means(lab, values)
+    assert set(means) == {3, 7, top}
+    for i, m in means.items():
+        assert m == pytest.approx(values[lab == i].mean())
+    kept = L.remove_small_instances(lab, 10)
+    assert kept.dtype == np.int32
+    assert set(np.unique(kept).tolist()) == {0, 3, 7} and np.array_equal(kept[lab == 7], lab[lab == 7])
+    assert L.instance_means(np.zeros((3, 3), np.int32), np.ones((3, 3))) == {}
