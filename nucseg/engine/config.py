@@ -84,7 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 20
     select_metric: str = "aji"  # validation metric for best.ckpt: aji | pq | dice | mpq | aji_mpq (typed models)
-    precision: str = "auto"  # training: auto (bf16 where the CPU has AMX, or on CUDA) | bf16 | fp32; inference on CPUs: fp32
+    precision: str = "auto"  # training: auto (bf16 on CUDA and on CPUs with AMX or AVX-512 BF16) | bf16 | fp32; inference on CPUs: fp32
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N; DDP processes take GPU LOCAL_RANK
     threads: int = 0  # torch threads on CPU (0 = all cores)
     workers: int = 0  # data-loader processes

@@ -43,12 +43,12 @@ def test_inference_commands_let_idle_openmp_threads_sleep_unless_the_user_chose(
 
 
 @pytest.mark.parametrize("amx", [False, True])
-def test_auto_precision_trains_in_bf16_on_amx_and_infers_in_fp32(monkeypatch, amx):
+def test_auto_precision_trains_in_bf16_on_bf16_cpus_and_infers_in_fp32(monkeypatch, amx):
     """bf16 inference did not hold the `he` U-Net's H&E scores, so `auto` keeps it for training (on AMX CPUs and
     GPUs); asked for by name, either precision passes through."""
     from nucseg.engine import device
 
-    monkeypatch.setattr(device, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(device, "cpu_trains_bf16", lambda: amx)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert device.resolve_precision("auto", cpu) == device.cpu_precision(None) == "fp32"
     assert device.resolve_precision("auto", cpu, training=True) == ("bf16" if amx else "fp32")
@@ -56,3 +56,13 @@ def test_auto_precision_trains_in_bf16_on_amx_and_infers_in_fp32(monkeypatch, am
     assert device.resolve_precision("bf16", cpu) == "bf16" and device.cpu_precision("fp32", training=True) == "fp32"
     with pytest.raises(ValueError, match="precision must be"):
         device.cpu_precision("fp16")
+
+
+@pytest.mark.parametrize("flags, trains_bf16, amx", [("avx2 fma", False, False), ("avx2 avx512f avx512_bf16", True, False),
+                                                     ("avx512_bf16 amx_bf16 amx_tile", True, True)])
+def test_bf16_training_follows_the_cpu_flags(monkeypatch, flags, trains_bf16, amx):
+    from nucseg.engine import device
+
+    monkeypatch.setattr(device, "_cpu_flags", lambda: set(flags.split()))
+    assert device.cpu_trains_bf16() is trains_bf16 and device.cpu_has_amx() is amx
+    assert device.cpu_precision("auto", training=True) == ("bf16" if trains_bf16 else "fp32")
