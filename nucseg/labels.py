@@ -12,6 +12,15 @@ import numpy as np
 _DENSE_ID_LIMIT = 1 << 24
 
 
+def _dense_top(labels: np.ndarray) -> int | None:
+    """The largest id where a bincount over the ids themselves is cheap (non-negative ids below the dense limit),
+    else None: the caller relabels first."""
+    if labels.size == 0 or labels.min() < 0:
+        return None
+    top = int(labels.max())
+    return top if top < _DENSE_ID_LIMIT else None
+
+
 def instance_ids(labels: np.ndarray) -> np.ndarray:
     """Sorted non-zero ids present in `labels`."""
     flat = np.asarray(labels).ravel()
@@ -215,8 +224,8 @@ def polygons_to_instances(
 def instance_means(labels: np.ndarray, values: np.ndarray) -> dict[int, float]:
     """{id: mean of `values` over the instance's pixels}, from two bincounts."""
     labels = np.asarray(labels)
-    top = int(labels.max()) if labels.size else 0
-    if labels.size and top < _DENSE_ID_LIMIT and labels.min() >= 0:  # bincount over the ids: no relabelling (post-processing)
+    top = _dense_top(labels)
+    if top is not None:  # bincount over the ids: no relabelling pass (post-processing calls this per tile)
         flat = labels.ravel()
         area = np.bincount(flat, minlength=top + 1)
         total = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=top + 1)
@@ -234,8 +243,8 @@ def instance_means(labels: np.ndarray, values: np.ndarray) -> dict[int, float]:
 def remove_small_instances(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Zero out instances smaller than `min_area` pixels."""
     labels = np.asarray(labels)
-    top = int(labels.max()) if labels.size else 0
-    if labels.size and top < _DENSE_ID_LIMIT and labels.min() >= 0:  # bincount over the ids: no relabelling pass
+    top = _dense_top(labels)
+    if top is not None:  # bincount over the ids: no relabelling pass
         keep = np.bincount(labels.ravel(), minlength=top + 1) >= min_area
         keep[0] = False
         return np.where(keep[labels], labels, 0).astype(np.int32)

@@ -35,12 +35,12 @@ def cpu_trains_bf16() -> bool:
 
 
 def cpu_precision(precision: str | None, training: bool = False) -> str:
-    """The CPU's precision for `precision`, torch-free. None or auto: fp32 for inference; for training, bf16 where
-    the CPU has bf16 dot products (AMX or AVX-512 BF16: faster steps; each train.csv row names its precision), else
-    fp32. Inference stays fp32 because
-    OpenVINO bf16 did not hold the shipped `he` U-Net's scores on the H&E protocol's validation split (PQ 0.515 ->
-    0.509, AJI 0.553 -> 0.552; fluo held: 0.773 -> 0.774), though the whole `nucseg segment` ran 1.35x faster with
-    it on AMX: `--precision bf16` asks for it. (CUDA keeps bf16 under auto; its accuracy there is not measured.)"""
+    """The CPU's precision for `precision`, torch-free. None or auto: fp32 for inference; for training, bf16 where the CPU
+    has bf16 dot products (AMX or AVX-512 BF16: faster steps; each train.csv row names its precision), else fp32.
+    Inference stays fp32 because OpenVINO bf16 did not hold the shipped `he` U-Net's scores on the H&E protocol's
+    validation split (PQ 0.515 -> 0.509, AJI 0.553 -> 0.552; fluo held: 0.773 -> 0.774), though the whole `nucseg
+    segment` ran 1.35x faster with it on AMX: `--precision bf16` asks for it. (CUDA keeps bf16 under auto; its accuracy
+    there is not measured.)"""
     if precision in (None, "auto"):
         return "bf16" if training and cpu_trains_bf16() else "fp32"
     if precision not in ("bf16", "fp32"):
