@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
 from nucseg.labels import remove_small_instances
-from nucseg.postprocess.watershed import instances_from_maps
+from nucseg.postprocess.watershed import instances_from_maps, watershed_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,17 +41,16 @@ def maps_of(model: str, tiles: list[Path]) -> tuple[list[dict], object]:
     return out, predictor.method
 
 
-def watershed_inputs(dense: dict, opts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    prob = dense["prob"]
-    foreground = (prob[1] + prob[2]) > opts.fg_threshold
-    markers = (prob[1] > opts.interior_threshold) & (dense["distance"][0] > opts.marker_threshold)
-    return foreground, markers, -dense["distance"][0]
+def maps(dense: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The U-Net's (foreground, interior, distance) for `instances_from_maps`, as its `postprocess` passes them."""
+    return dense["prob"][1] + dense["prob"][2], dense["prob"][1], dense["distance"][0]
 
 
-def parts(dense: dict, opts) -> dict[str, float]:
-    """Seconds of each step of `instances_from_maps` (the same steps, timed one by one)."""
+def parts(dense: dict, opts) -> tuple[dict[str, float], np.ndarray]:
+    """Seconds of each step of `instances_from_maps` (`marker_watershed`'s steps, timed one by one), and the labels,
+    which `main` checks against `instances_from_maps` so the copy cannot drift from it unnoticed."""
     t = [time.perf_counter()]
-    fg, markers, elevation = watershed_inputs(dense, opts)
+    fg, markers, elevation = watershed_inputs(*maps(dense), opts)
     t.append(time.perf_counter())
     seeds, _ = ndi.label(markers & fg)
     t.append(time.perf_counter())
@@ -63,15 +62,15 @@ def parts(dense: dict, opts) -> dict[str, float]:
     if n:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     t.append(time.perf_counter())
-    remove_small_instances(labels.astype(np.int32), opts.min_area)
+    labels = remove_small_instances(labels.astype(np.int32), opts.min_area)
     t.append(time.perf_counter())
     names = ["thresholds", "seed labels", "seed filter", "watershed", "orphans", "small-instance removal"]
-    return {name: b - a for name, a, b in zip(names, t, t[1:])}
+    return {name: b - a for name, a, b in zip(names, t, t[1:])}, labels
 
 
 def batched(denses: list[dict], opts) -> list[np.ndarray]:
     """`instances_from_maps` over a stack of tiles in one call of each scipy/skimage function."""
-    fg, markers, elevation = (np.stack(x) for x in zip(*(watershed_inputs(d, opts) for d in denses)))
+    fg, markers, elevation = (np.stack(x) for x in zip(*(watershed_inputs(*maps(d), opts) for d in denses)))
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[1] = ndi.generate_binary_structure(2, 1)  # ndi.label's and watershed's 2-D default: 4-connected
     seeds, _ = ndi.label(markers & fg, structure=in_plane)
@@ -107,15 +106,16 @@ def main() -> None:
     n = len(denses)
 
     per_tile = median_seconds(lambda: [method.postprocess(d) for d in denses], args.repeats) / n
-    watershed_only = median_seconds(lambda: [instances_from_maps(
-        d["prob"][1] + d["prob"][2], d["prob"][1], d["distance"][0], opts) for d in denses], args.repeats) / n
+    watershed_only = median_seconds(lambda: [instances_from_maps(*maps(d), opts) for d in denses], args.repeats) / n
     stacked = median_seconds(lambda: batched(denses, opts), args.repeats) / n
 
-    reference = [relabel_sequential(instances_from_maps(d["prob"][1] + d["prob"][2], d["prob"][1],
-                                                        d["distance"][0], opts))[0] for d in denses]
+    reference = [instances_from_maps(*maps(d), opts) for d in denses]
+    timed = [parts(d, opts) for d in denses]
+    assert all(np.array_equal(labels, r) for (_, labels), r in zip(timed, reference)), "parts() drifted"
+    steps = [s for s, _ in timed]
+    reference = [relabel_sequential(r)[0] for r in reference]
     differ = sum(int((a != b).sum()) for a, b in zip(reference, batched(denses, opts)))
     share = differ / sum(r.size for r in reference)
-    steps = [parts(d, opts) for d in denses]
     print(f"{n} tiles of {denses[0]['prob'].shape[1]}x{denses[0]['prob'].shape[2]}, {args.model}, 1 thread, "
           f"median of {args.repeats}, seconds per tile:")
     print(f"  postprocess (watershed + instance scores + types): {per_tile:.3f}")

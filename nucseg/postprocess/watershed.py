@@ -62,8 +62,15 @@ def instances_from_maps(foreground: np.ndarray, interior: np.ndarray, distance: 
 
     Seeds are confident cores (distance > marker_threshold and interior > interior_threshold; interior alone without
     a distance map), grown over -distance (or -interior) within foreground > fg_threshold."""
+    fg, markers, elevation = watershed_inputs(foreground, interior, distance, opts)
+    return marker_watershed(fg, markers, elevation, opts.min_area, opts.min_marker_area)
+
+
+def watershed_inputs(foreground: np.ndarray, interior: np.ndarray, distance: np.ndarray | None,
+                     opts: WatershedOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`instances_from_maps`' thresholds: (foreground mask, marker mask, elevation) for `marker_watershed`."""
     fg = foreground > opts.fg_threshold
     core = interior > opts.interior_threshold
     markers = core & (distance > opts.marker_threshold) if distance is not None else core
     elevation = -distance if distance is not None else -interior
-    return marker_watershed(fg, markers, elevation, opts.min_area, opts.min_marker_area)
+    return fg, markers, elevation
