@@ -230,3 +230,39 @@ def test_seeds_avoid_uncertain_pixels_when_asked():
     assert aji(s.instances, seeded) > 0.7
     method.config.uncertainty_threshold = 0.5  # everything uncertain: no seeds, touching nuclei merge
     assert aji(s.instances, method.postprocess(dense).labels) < aji(s.instances, seeded) - 0.05
+
+
+@pytest.mark.slow
+def test_compiled_tap_loops_give_the_eager_values_and_gradients():
+    """`compile_kernels` (training speed only): the compiled tap loops give the eager ones' outputs and gradients."""
+    from nucseg.methods.weaveseg.modules import local_cosine_similarity
+
+    torch.manual_seed(0)
+    cases = [(lambda x, kern, on: apply_local_kernel(x, kern, 3, 2, on), (2, 4, 5, 6), (2, 9, 10, 12)),
+             (lambda x, kern, on: apply_local_kernel(x, kern, 5, 1, on), (2, 4, 5, 6), (2, 25, 5, 6)),
+             (lambda x, _, on: local_cosine_similarity(x, on), (2, 4, 5, 6), (1,))]
+    for fn, x_shape, kern_shape in cases:
+        x, kern = torch.randn(x_shape), torch.rand(kern_shape)
+        results = []
+        for on in (False, True):
+            xg, kg = x.clone().requires_grad_(), kern.clone().requires_grad_()
+            out = fn(xg, kg, on)
+            (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+            results.append((out.detach(), xg.grad, kg.grad))
+        for eager, compiled in zip(*results):
+            if eager is not None:
+                torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_kernels_reaches_every_tap_loop_and_inference_stays_eager():
+    from nucseg.methods.weaveseg import modules
+
+    net = get_method("weaveseg")({**TINY, "icw_iterations": 1, "compile_kernels": True}).build_model().eval()
+    flagged = [type(m).__name__ for m in net.modules() if hasattr(m, "compile_kernels")]
+    assert {"ASR", "LSGR", "ContrastiveAttention"} <= set(flagged)
+    assert all(m.compile_kernels for m in net.modules() if hasattr(m, "compile_kernels"))
+    modules._compiled.cache_clear()
+    with torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    assert modules._compiled.cache_info().currsize == 0  # no gradient: the eager loops
+    assert not get_method("weaveseg")(TINY).build_model().output_fusion.compile_kernels

@@ -43,7 +43,7 @@ class WeaveSegMethod(WeaveSegInference, Method):
                            c.icw_iterations, c.closed_loop, c.lowpass_kernel, c.highpass_kernel, c.lsgr_groups,
                            c.attention_window, c.dense_layers, c.dense_growth, c.context_channels,
                            c.aglu_per_channel, c.window, c.asr_mix, c.uncertainty, c.refresh_context, c.loop_fusion,
-                           c.output_stride, c.full_res_channels)
+                           c.output_stride, c.full_res_channels, compile_kernels=c.compile_kernels)
 
     def targets(self, labels: np.ndarray, classes: dict[int, int] | None = None) -> dict[str, np.ndarray]:
         c = self.config

@@ -51,6 +51,7 @@ class WeaveSegNet(nn.Module):
         loop_fusion: bool = True,
         output_stride: int = 1,
         full_res_channels: int = 16,
+        compile_kernels: bool = False,
     ):
         super().__init__()
         if not 0 <= icw_iterations <= 8:
@@ -94,6 +95,9 @@ class WeaveSegNet(nn.Module):
         self.heads = nn.ModuleDict({"mask": nn.Conv2d(head_channels, 1, 1),
                                     "trilateral": nn.Conv2d(head_channels, 3, 1),
                                     "distance": nn.Conv2d(head_channels, 1, 1)})
+        for module in self.modules():  # the tap loops' training path (modules._compiled)
+            if hasattr(module, "compile_kernels"):
+                module.compile_kernels = compile_kernels
 
     def context(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # contiguous copies: 1×1 convs on channel-sliced views fall off oneDNN onto a slow path
