@@ -38,8 +38,8 @@ class WeaveSegConfig(WatershedOptions):
     loop_fusion: bool = True  # the closed loop has its own ASR (False: shares the output's)
     output_stride: int = 1  # 1: a full-resolution ASR stage before the heads | 2: stride-2 heads, up-sampled
     full_res_channels: int = 16
-    # training speed only: the ASR / attention tap loops through torch.compile when they take gradients (a ~40 s
-    # compile at the first step; inference and export never compile; modules._compiled)
+    # training speed only: the ASR / attention tap loops through torch.compile when they take gradients (~2.5 min of
+    # compiling in the first step on 2 CPU threads; inference and export never compile; modules._compiled)
     compile_kernels: bool = False
     # targets
     boundary_width: int = 2
